@@ -1,1 +1,185 @@
-fn main() {}
+//! `vedgate` command line: parse arguments, set up logging, call the library,
+//! map errors to exit codes (bad config 64, runtime failure 1).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::{Parser, Subcommand};
+use vedgate::config::{self, Env, LoadOptions};
+use vedgate::consumer::Shutdown;
+
+const EXIT_CONFIG: u8 = 64;
+
+#[derive(Parser)]
+#[command(name = "vedgate", version, about = "Declarative Kafka routing gateway for the VED backend")]
+struct Cli {
+    /// Log format.
+    #[arg(long, global = true, value_parser = ["human", "json"], default_value = "human")]
+    log_format: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(clap::Args, Clone)]
+struct ConfigArgs {
+    /// Gateway settings and environment profiles.
+    #[arg(long, default_value = "gateway.toml")]
+    config: PathBuf,
+    /// Route files: a directory of *.toml or one file.
+    #[arg(long, default_value = "routes")]
+    routes: PathBuf,
+    /// Environment profile (local, dev, test, prod-current, prod-new); default VEDGATE_ENV or local.
+    #[arg(long = "env")]
+    profile: Option<String>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Consume and deliver until SIGTERM or SIGINT.
+    Run(ConfigArgs),
+    /// Check gateway.toml and the route files; print every problem as path:line:col.
+    Validate {
+        #[command(flatten)]
+        args: ConfigArgs,
+        /// Treat warnings as errors.
+        #[arg(long)]
+        deny_warnings: bool,
+    },
+    /// Create topics that do not exist yet (auto-creation is off on the broker).
+    Topics {
+        /// Broker list; defaults to the profile's brokers.
+        #[arg(long, env = "BROKERS", default_value = "127.0.0.1:9092")]
+        brokers: String,
+        #[arg(long, default_value_t = 3)]
+        partitions: i32,
+        /// Topic names.
+        #[arg(required = true)]
+        topics: Vec<String>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing(&cli.log_format);
+    match cli.command {
+        Command::Validate { args, deny_warnings } => validate(&args, deny_warnings),
+        Command::Run(args) => run(&args),
+        Command::Topics { brokers, partitions, topics } => {
+            let rt = runtime();
+            let list: Vec<(&str, i32)> = topics.iter().map(|t| (t.as_str(), partitions)).collect();
+            match rt.block_on(vedgate::tools::create_topics(&brokers, &list)) {
+                Ok(()) => {
+                    println!("topics ready: {}", topics.join(", "));
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: cannot create topics: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+fn init_tracing(format: &str) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("VEDGATE_LOG").unwrap_or_else(|_| EnvFilter::new("info,rdkafka=warn"));
+    let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if format == "json" {
+        b.json().init();
+    } else {
+        b.init();
+    }
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime")
+}
+
+fn load(args: &ConfigArgs) -> Result<(config::Config, config::Diagnostics), config::Diagnostics> {
+    config::load(&LoadOptions {
+        config_path: args.config.clone(),
+        routes_path: args.routes.clone(),
+        profile: args.profile.clone(),
+        env: Env::from_process(),
+    })
+}
+
+fn validate(args: &ConfigArgs, deny_warnings: bool) -> ExitCode {
+    match load(args) {
+        Ok((cfg, diags)) => {
+            print!("{diags}");
+            let warnings = diags.warnings().count();
+            let routes: usize = cfg.subscriptions.iter().map(|s| s.routes.len()).sum();
+            if deny_warnings && warnings > 0 {
+                eprintln!("{warnings} warning(s), denied");
+                return ExitCode::from(EXIT_CONFIG);
+            }
+            println!(
+                "ok: {} subscription(s), {} route(s), {} sink(s), profile {} ({} warning(s))",
+                cfg.subscriptions.len(),
+                routes,
+                cfg.sinks.len(),
+                cfg.kafka.profile,
+                warnings
+            );
+            ExitCode::SUCCESS
+        }
+        Err(diags) => {
+            print!("{diags}");
+            eprintln!("{} error(s)", diags.errors().count());
+            ExitCode::from(EXIT_CONFIG)
+        }
+    }
+}
+
+fn run(args: &ConfigArgs) -> ExitCode {
+    let (cfg, diags) = match load(args) {
+        Ok(x) => x,
+        Err(diags) => {
+            eprint!("{diags}");
+            eprintln!("refusing to start: {} error(s) in the configuration", diags.errors().count());
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    for w in diags.warnings() {
+        tracing::warn!("{w}");
+    }
+    let grace = cfg.settings.shutdown_grace;
+    let rt = runtime();
+    let result = rt.block_on(async move {
+        let shutdown = Shutdown::default();
+        let s = shutdown.clone();
+        tokio::spawn(async move {
+            wait_for_signal().await;
+            tracing::info!(grace_ms = grace.as_millis() as u64, "shutdown requested: no new messages; finishing in-flight deliveries");
+            s.stop.cancel();
+            tokio::time::sleep(grace).await;
+            tracing::warn!("grace period ran out; cutting remaining deliveries short");
+            s.abort.cancel();
+        });
+        vedgate::gateway::run(cfg, Arc::new(vedgate::metrics::Metrics::default()), shutdown).await
+    });
+    rt.shutdown_timeout(std::time::Duration::from_secs(1));
+    match result {
+        Ok(()) => {
+            tracing::info!("stopped");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            tracing::error!("{e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => {},
+        _ = int.recv() => {},
+    }
+}

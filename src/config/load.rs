@@ -1,0 +1,571 @@
+//! Loading: read the files, parse them, check everything, and compile routes.
+//! Every problem is collected; nothing stops at the first error.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::hash::{Hash, Hasher};
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use toml::Spanned;
+
+use super::raw::{RawGateway, RawPredicate, RawRoute, RawRouteFile, RawSink};
+use super::{
+    Config, Diagnostics, Env, KafkaSettings, Route, Settings, Shape, SinkKind, SinkSpec, SourceFile, Subscription,
+    PROFILES,
+};
+use crate::routing::{JsonPath, MatchValue, Predicate, PredicateTest, RouteTable};
+use crate::shape::sql::{rewrite_named_params, SqlShape};
+use crate::shape::{Body, HttpShape, PathTemplate, Source, Template};
+
+/// What to load and against which environment.
+#[derive(Debug, Clone)]
+pub struct LoadOptions {
+    pub config_path: PathBuf,
+    /// A directory of `*.toml` route files, or one file.
+    pub routes_path: PathBuf,
+    /// `--env`; falls back to `VEDGATE_ENV`, then `[defaults] env`, then `local`.
+    pub profile: Option<String>,
+    pub env: Env,
+}
+
+/// Loads and checks everything. Returns the config with its warnings, or
+/// every diagnostic when there is at least one error.
+pub fn load(opts: &LoadOptions) -> Result<(Config, Diagnostics), Diagnostics> {
+    let mut diags = Diagnostics::default();
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    let mut files = Vec::new();
+
+    let gateway = match read(&opts.config_path) {
+        Ok(src) => {
+            src.text.hash(&mut hasher);
+            files.push(src.path.clone());
+            match toml::from_str::<RawGateway>(&src.text) {
+                Ok(raw) => Some((src, raw)),
+                Err(e) => {
+                    diags.push(src.toml_error(&e));
+                    None
+                }
+            }
+        }
+        Err(d) => {
+            diags.push(d);
+            None
+        }
+    };
+    let (settings, kafka) = match &gateway {
+        Some((src, raw)) => gateway_settings(src, raw, opts, &mut diags),
+        None => (Settings::default(), KafkaSettings { profile: String::new(), brokers: vec![], properties: BTreeMap::new() }),
+    };
+
+    let mut compiler = Compiler { env: &opts.env, diags, subs: Vec::new(), sinks: Vec::new() };
+    match route_files(&opts.routes_path) {
+        Ok(paths) if paths.is_empty() => compiler.diags.push(SourceFile::new(&opts.routes_path, String::new()).error(None, "no route files (*.toml) found")),
+        Ok(paths) => {
+            for path in paths {
+                match read(&path) {
+                    Ok(src) => {
+                        src.text.hash(&mut hasher);
+                        files.push(src.path.clone());
+                        match toml::from_str::<RawRouteFile>(&src.text) {
+                            Ok(raw) => compiler.file(&src, raw),
+                            Err(e) => compiler.diags.push(src.toml_error(&e)),
+                        }
+                    }
+                    Err(d) => compiler.diags.push(d),
+                }
+            }
+        }
+        Err(d) => compiler.diags.push(d),
+    }
+    let Compiler { mut diags, subs, sinks, .. } = compiler;
+    for sub in &subs {
+        for (earlier, later) in sub.table.shadowed() {
+            let (e, l) = (&sub.routes[earlier], &sub.routes[later]);
+            diags.push(super::Diagnostic {
+                severity: super::Severity::Warning,
+                path: l.file.clone(),
+                line: 0,
+                col: 0,
+                message: format!(
+                    "route {:?} can never match in group {:?}: route {:?} ({}) claims all its messages first",
+                    l.name,
+                    sub.group,
+                    e.name,
+                    e.file.display()
+                ),
+            });
+        }
+    }
+    if diags.has_errors() {
+        return Err(diags);
+    }
+    let config = Config { settings, kafka, subscriptions: subs, sinks, hash: format!("{:016x}", hasher.finish()), files };
+    Ok((config, diags))
+}
+
+fn read(path: &Path) -> Result<SourceFile, super::Diagnostic> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => Ok(SourceFile::new(path, text)),
+        Err(e) => Err(SourceFile::new(path, String::new()).error(None, format!("cannot read file: {e}"))),
+    }
+}
+
+fn route_files(path: &Path) -> Result<Vec<PathBuf>, super::Diagnostic> {
+    if path.is_file() {
+        return Ok(vec![path.to_path_buf()]);
+    }
+    let entries = std::fs::read_dir(path).map_err(|e| {
+        SourceFile::new(path, String::new()).error(None, format!("cannot read routes directory: {e}"))
+    })?;
+    let mut files: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.is_file() && p.extension().is_some_and(|x| x == "toml"))
+        .collect();
+    files.sort();
+    Ok(files)
+}
+
+fn span<T>(s: &Spanned<T>) -> Option<Range<usize>> {
+    Some(s.span())
+}
+
+fn positive(src: &SourceFile, v: &Option<Spanned<i64>>, name: &str, diags: &mut Diagnostics) -> Option<u64> {
+    let v = v.as_ref()?;
+    if *v.get_ref() <= 0 {
+        diags.push(src.error(span(v), format!("{name} must be positive, got {}", v.get_ref())));
+        return None;
+    }
+    Some(*v.get_ref() as u64)
+}
+
+fn gateway_settings(src: &SourceFile, raw: &RawGateway, opts: &LoadOptions, diags: &mut Diagnostics) -> (Settings, KafkaSettings) {
+    let d = &raw.defaults;
+    let mut s = Settings::default();
+    let ms = Duration::from_millis;
+    if let Some(v) = positive(src, &d.channels, "channels", diags) {
+        s.channels = v as usize;
+    }
+    if let Some(v) = positive(src, &d.queue_capacity, "queue_capacity", diags) {
+        s.queue_capacity = v as usize;
+    }
+    if let Some(v) = positive(src, &d.retry_initial_delay_ms, "retry_initial_delay_ms", diags) {
+        s.retry_initial_delay = ms(v);
+    }
+    if let Some(v) = positive(src, &d.retry_max_delay_ms, "retry_max_delay_ms", diags) {
+        s.retry_max_delay = ms(v);
+    }
+    if let Some(v) = positive(src, &d.commit_interval_ms, "commit_interval_ms", diags) {
+        s.commit_interval = ms(v);
+    }
+    if let Some(v) = positive(src, &d.shutdown_grace_ms, "shutdown_grace_ms", diags) {
+        s.shutdown_grace = ms(v);
+    }
+    if let Some(v) = positive(src, &d.session_timeout_ms, "session_timeout_ms", diags) {
+        s.session_timeout_ms = v as u32;
+    }
+    if let Some(v) = positive(src, &d.http_timeout_ms, "http_timeout_ms", diags) {
+        s.http_timeout = ms(v);
+    }
+    if let Some(addr) = &d.admin_addr {
+        let text = opts.env.get("VEDGATE_ADMIN_ADDR").unwrap_or(addr.get_ref());
+        s.admin_addr = if text.is_empty() {
+            None
+        } else {
+            match text.parse() {
+                Ok(a) => Some(a),
+                Err(_) => {
+                    diags.push(src.error(span(addr), format!("admin_addr {text:?} is not an address like 127.0.0.1:9898")));
+                    None
+                }
+            }
+        };
+    }
+    // The Go services' variables keep working.
+    let env = &opts.env;
+    if let Some(v) = env.get("CHANNELS_COUNT") {
+        match v.trim().parse::<usize>() {
+            Ok(n) if n > 0 => s.channels = n,
+            _ => diags.push(src.error(None, format!("CHANNELS_COUNT={v:?} is not a positive integer"))),
+        }
+    }
+    if let Some(v) = env.get("SLEEP_SECOND") {
+        match v.trim().parse::<f64>() {
+            Ok(n) if n > 0.0 && n < 86_400.0 => {
+                s.retry_initial_delay = Duration::from_secs_f64(n);
+                s.retry_max_delay = s.retry_max_delay.max(s.retry_initial_delay);
+            }
+            _ => diags.push(src.error(None, format!("SLEEP_SECOND={v:?} is not a positive number of seconds"))),
+        }
+    }
+    if s.retry_max_delay < s.retry_initial_delay {
+        diags.push(src.error(d.retry_max_delay_ms.as_ref().map(|v| v.span()), "retry_max_delay_ms is smaller than the initial delay"));
+    }
+
+    let profile = opts
+        .profile
+        .clone()
+        .or_else(|| env.get("VEDGATE_ENV").map(str::to_string))
+        .or_else(|| d.env.clone())
+        .unwrap_or_else(|| "local".to_string());
+    let mut kafka = KafkaSettings { profile: profile.clone(), brokers: vec![], properties: BTreeMap::new() };
+    for name in raw.profile.keys() {
+        if !PROFILES.contains(&name.as_str()) {
+            diags.push(src.warning(span(&raw.profile[name]), format!("profile {name:?} is not one of the contract's: {}", PROFILES.join(", "))));
+        }
+    }
+    match raw.profile.get(&profile) {
+        Some(p) => {
+            kafka.brokers = p.get_ref().brokers.iter().map(|b| b.trim().to_string()).collect();
+            for (k, v) in &p.get_ref().kafka {
+                match env.expand(v.get_ref()) {
+                    Ok(x) => {
+                        kafka.properties.insert(k.clone(), x);
+                    }
+                    Err(e) => diags.push(src.error(span(v), e.to_string())),
+                }
+            }
+        }
+        None => diags.push(src.error(None, format!(
+            "environment profile {profile:?} is not defined; gateway.toml defines: {}",
+            raw.profile.keys().cloned().collect::<Vec<_>>().join(", ")
+        ))),
+    }
+    if let Some(b) = env.get("BROKERS") {
+        kafka.brokers = b.split(',').map(|x| x.trim().to_string()).filter(|x| !x.is_empty()).collect();
+    }
+    if kafka.brokers.is_empty() && !diags.has_errors() {
+        diags.push(src.error(None, format!("profile {profile:?} has no brokers (set brokers or BROKERS)")));
+    }
+    (s, kafka)
+}
+
+struct Compiler<'a> {
+    env: &'a Env,
+    diags: Diagnostics,
+    subs: Vec<Subscription>,
+    sinks: Vec<SinkSpec>,
+}
+
+/// A sink of the file being compiled.
+struct LocalSink {
+    index: usize,
+    kind: String,
+    base_url: String,
+    headers: Vec<(String, String)>,
+}
+
+impl Compiler<'_> {
+    fn expand(&mut self, src: &SourceFile, v: &Spanned<String>) -> Option<String> {
+        match self.env.expand(v.get_ref()) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                self.diags.push(src.error(span(v), e.to_string()));
+                None
+            }
+        }
+    }
+
+    fn file(&mut self, src: &SourceFile, raw: RawRouteFile) {
+        let stem = src.path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+
+        // Subscriptions: local name -> index in self.subs (merged by topic and group).
+        let mut subs: HashMap<String, usize> = HashMap::new();
+        for s in &raw.subscription {
+            let s = s.get_ref();
+            let name = s.name.get_ref().clone();
+            if subs.contains_key(&name) {
+                self.diags.push(src.error(span(&s.name), format!("subscription {name:?} is declared twice in this file")));
+                continue;
+            }
+            let (Some(topic), Some(group)) = (self.expand(src, &s.topic), self.expand(src, &s.group)) else { continue };
+            if topic.is_empty() || group.is_empty() {
+                self.diags.push(src.error(span(&s.topic), "topic and group must not be empty"));
+                continue;
+            }
+            let idx = match self.subs.iter().position(|x| x.topic == topic && x.group == group) {
+                Some(i) => i,
+                None => {
+                    self.subs.push(Subscription { topic, group, routes: Vec::new(), table: RouteTable::default() });
+                    self.subs.len() - 1
+                }
+            };
+            subs.insert(name, idx);
+        }
+
+        let mut sinks: HashMap<String, LocalSink> = HashMap::new();
+        for (name, sink) in &raw.sink {
+            if let Some(local) = self.sink(src, &stem, name, sink) {
+                sinks.insert(name.clone(), local);
+            }
+        }
+
+        let mut used_sinks = HashSet::new();
+        let mut new_routes: Vec<(usize, Route, Option<Vec<Predicate>>)> = Vec::new();
+        for r in &raw.route {
+            let r = r.get_ref();
+            let route_sub = subs.get(r.subscription.get_ref()).copied();
+            if route_sub.is_none() && !raw.subscription.iter().any(|s| s.get_ref().name.get_ref() == r.subscription.get_ref()) {
+                let known: Vec<_> = raw.subscription.iter().map(|s| s.get_ref().name.get_ref().clone()).collect();
+                self.diags.push(src.error(span(&r.subscription), format!(
+                    "unknown subscription {:?}; this file declares: {}", r.subscription.get_ref(), if known.is_empty() { "none".to_string() } else { known.join(", ") }
+                )));
+            }
+            let sink = sinks.get(r.sink.get_ref());
+            if sink.is_none() && !raw.sink.contains_key(r.sink.get_ref()) {
+                let known: Vec<_> = raw.sink.keys().cloned().collect();
+                self.diags.push(src.error(span(&r.sink), format!(
+                    "unknown sink {:?}; this file declares: {}", r.sink.get_ref(), if known.is_empty() { "none".to_string() } else { known.join(", ") }
+                )));
+            }
+            used_sinks.insert(r.sink.get_ref().clone());
+            let preds = self.predicates(src, &r.when);
+            let shape = sink.and_then(|s| self.route_shape(src, r, s));
+            if let (Some(sub), Some(sink), Some(preds), Some(shape)) = (route_sub, sink, preds, shape) {
+                let name = r.name.get_ref().clone();
+                let dup = self.subs[sub].routes.iter().any(|x| x.name == name) || new_routes.iter().any(|(s, x, _)| *s == sub && x.name == name);
+                if name.is_empty() {
+                    self.diags.push(src.error(span(&r.name), "route name must not be empty"));
+                } else if dup {
+                    self.diags.push(src.error(span(&r.name), format!("route name {name:?} is used twice in group {:?}", self.subs[sub].group)));
+                }
+                let enabled = r.enabled.unwrap_or(true);
+                new_routes.push((sub, Route { name, file: src.path.clone(), sink: sink.index, shape }, enabled.then_some(preds)));
+            }
+        }
+        for (name, sink) in &raw.sink {
+            if !used_sinks.contains(name) {
+                self.diags.push(src.warning(span(sink), format!("sink {name:?} is not used by any route")));
+            }
+        }
+        // Rebuild the tables of the subscriptions this file added to.
+        let touched: HashSet<usize> = new_routes.iter().map(|(s, _, _)| *s).collect();
+        let mut preds_by_sub: HashMap<usize, Vec<Option<Vec<Predicate>>>> = HashMap::new();
+        for (sub, route, preds) in new_routes {
+            self.subs[sub].routes.push(route);
+            preds_by_sub.entry(sub).or_default().push(preds);
+        }
+        for sub in touched {
+            let mut all = std::mem::take(&mut self.subs[sub].table).into_predicates();
+            all.extend(preds_by_sub.remove(&sub).unwrap_or_default());
+            self.subs[sub].table = RouteTable::new(all);
+        }
+    }
+
+    fn sink(&mut self, src: &SourceFile, stem: &str, name: &str, sink: &Spanned<RawSink>) -> Option<LocalSink> {
+        let s = sink.get_ref();
+        let kind = s.kind.get_ref().as_str();
+        let id = format!("{stem}/{name}");
+        let mut headers = Vec::new();
+        for (k, v) in &s.headers {
+            if let Some(x) = self.expand(src, v) {
+                headers.push((k.clone(), x));
+            }
+        }
+        let url = match &s.url {
+            Some(u) => self.expand(src, u),
+            None => None,
+        };
+        let (spec, base_url) = match kind {
+            "http" => {
+                let Some(url) = url else {
+                    if s.url.is_none() {
+                        self.diags.push(src.error(span(sink), format!("http sink {name:?} needs url")));
+                    }
+                    return None;
+                };
+                if let Err(e) = reqwest::Url::parse(&url) {
+                    self.diags.push(src.error(s.url.as_ref().map(|u| u.span()), format!("sink {name:?}: invalid URL {url:?}: {e}")));
+                    return None;
+                }
+                let timeout = s.timeout_ms.as_ref().map(|t| Duration::from_millis((*t.get_ref()).max(1) as u64)).unwrap_or(Duration::from_secs(10));
+                (SinkKind::Http { timeout }, url.trim_end_matches('/').to_string())
+            }
+            "sql" => {
+                let Some(url) = url else {
+                    if s.url.is_none() {
+                        self.diags.push(src.error(span(sink), format!("sql sink {name:?} needs url (a postgres:// URL)")));
+                    }
+                    return None;
+                };
+                if !(url.starts_with("postgres://") || url.starts_with("postgresql://") || url.contains('=')) {
+                    self.diags.push(src.error(s.url.as_ref().map(|u| u.span()), format!("sink {name:?}: {url:?} is not a PostgreSQL URL")));
+                    return None;
+                }
+                let pool_size = s.pool_size.as_ref().map(|p| (*p.get_ref()).max(1) as usize).unwrap_or(4);
+                (SinkKind::Sql { url, pool_size }, String::new())
+            }
+            "blackhole" => (SinkKind::Blackhole, String::new()),
+            other => {
+                self.diags.push(src.error(span(&s.kind), format!("unknown sink type {other:?} (expected http, sql or blackhole)")));
+                return None;
+            }
+        };
+        self.sinks.push(SinkSpec { id, kind: spec });
+        Some(LocalSink { index: self.sinks.len() - 1, kind: kind.to_string(), base_url, headers })
+    }
+
+    fn predicates(&mut self, src: &SourceFile, when: &[Spanned<RawPredicate>]) -> Option<Vec<Predicate>> {
+        let mut out = Vec::new();
+        let mut ok = true;
+        for p in when {
+            let sp = span(p);
+            let p = p.get_ref();
+            let path = match JsonPath::parse(p.path.get_ref()) {
+                Ok(x) => x,
+                Err(e) => {
+                    self.diags.push(src.error(span(&p.path), e));
+                    ok = false;
+                    continue;
+                }
+            };
+            let scalar = |v: &toml::Value| -> Option<MatchValue> {
+                Some(match v {
+                    toml::Value::String(s) => MatchValue::Str(s.clone()),
+                    toml::Value::Integer(i) => MatchValue::Num(i.to_string()),
+                    toml::Value::Boolean(b) => MatchValue::Bool(*b),
+                    _ => return None,
+                })
+            };
+            let test = match (&p.equals, &p.one_of, &p.exists) {
+                (Some(v), None, None) => match scalar(v.get_ref()) {
+                    Some(m) => PredicateTest::Equals(m),
+                    None => {
+                        self.diags.push(src.error(span(v), "equals takes a string, integer or boolean"));
+                        ok = false;
+                        continue;
+                    }
+                },
+                (None, Some(vs), None) => match vs.get_ref().iter().map(scalar).collect::<Option<Vec<_>>>() {
+                    Some(ms) if !ms.is_empty() => PredicateTest::OneOf(ms),
+                    _ => {
+                        self.diags.push(src.error(span(vs), "one_of takes a non-empty list of strings, integers or booleans"));
+                        ok = false;
+                        continue;
+                    }
+                },
+                (None, None, Some(b)) => PredicateTest::Exists(*b.get_ref()),
+                _ => {
+                    self.diags.push(src.error(sp, "a predicate needs exactly one of equals, one_of, exists"));
+                    ok = false;
+                    continue;
+                }
+            };
+            out.push(Predicate { path, test });
+        }
+        ok.then_some(out)
+    }
+
+    fn route_shape(&mut self, src: &SourceFile, r: &RawRoute, sink: &LocalSink) -> Option<Shape> {
+        match sink.kind.as_str() {
+            "http" => {
+                if let Some(sql) = &r.sql {
+                    self.diags.push(src.error(span(sql), format!("route {:?} sends to http sink {:?}: use [route.http], not [route.sql]", r.name.get_ref(), r.sink.get_ref())));
+                }
+                let Some(h) = &r.http else {
+                    self.diags.push(src.error(span(&r.sink), format!("route {:?} sends to http sink {:?} and needs [route.http] with a path", r.name.get_ref(), r.sink.get_ref())));
+                    return None;
+                };
+                let h = h.get_ref();
+                let method = h.method.as_ref().map(|m| m.get_ref().to_ascii_uppercase()).unwrap_or_else(|| "POST".into());
+                if !["GET", "POST", "PUT", "PATCH", "DELETE"].contains(&method.as_str()) {
+                    self.diags.push(src.error(h.method.as_ref().map(|m| m.span()), format!("unsupported HTTP method {method:?}")));
+                    return None;
+                }
+                let path = match PathTemplate::parse(h.path.get_ref()) {
+                    Ok(p) => p,
+                    Err(e) => {
+                        self.diags.push(src.error(span(&h.path), e));
+                        return None;
+                    }
+                };
+                let mut headers = sink.headers.clone();
+                for (k, v) in &h.headers {
+                    headers.push((k.clone(), self.expand(src, v)?));
+                }
+                let body = match &h.body {
+                    None => Body::Original,
+                    Some(b) => {
+                        let bs = Some(r.http.as_ref().map(|h| h.span()).unwrap_or_default());
+                        match (b.original, &b.select, &b.template) {
+                            (Some(true), None, None) => Body::Original,
+                            (None, Some(sel), None) => match Source::parse(sel.get_ref()) {
+                                Ok(s) if !s.is_element() => Body::Select(s),
+                                Ok(_) => {
+                                    self.diags.push(src.error(span(sel), "element paths (@) only work in SQL params with for_each"));
+                                    return None;
+                                }
+                                Err(e) => {
+                                    self.diags.push(src.error(span(sel), e));
+                                    return None;
+                                }
+                            },
+                            (None, None, Some(t)) => match Template::from_toml(t.get_ref()) {
+                                Ok(t) => Body::Template(t),
+                                Err(e) => {
+                                    self.diags.push(src.error(span(t), e));
+                                    return None;
+                                }
+                            },
+                            _ => {
+                                self.diags.push(src.error(bs, "body needs exactly one of original = true, select = \"$.path\", template = { ... }"));
+                                return None;
+                            }
+                        }
+                    }
+                };
+                Some(Shape::Http(HttpShape { method, base_url: sink.base_url.clone(), path, headers, body }))
+            }
+            "sql" => {
+                if let Some(h) = &r.http {
+                    self.diags.push(src.error(span(h), format!("route {:?} sends to sql sink {:?}: use [route.sql], not [route.http]", r.name.get_ref(), r.sink.get_ref())));
+                }
+                let Some(q) = &r.sql else {
+                    self.diags.push(src.error(span(&r.sink), format!("route {:?} sends to sql sink {:?} and needs [route.sql] with a statement", r.name.get_ref(), r.sink.get_ref())));
+                    return None;
+                };
+                let q = q.get_ref();
+                let (statement, names) = rewrite_named_params(q.statement.get_ref());
+                let for_each = match &q.for_each {
+                    Some(f) => match JsonPath::parse(f.get_ref()) {
+                        Ok(p) => Some(p),
+                        Err(e) => {
+                            self.diags.push(src.error(span(f), e));
+                            return None;
+                        }
+                    },
+                    None => None,
+                };
+                let mut ok = true;
+                let mut params = Vec::new();
+                for name in &names {
+                    match q.params.get(name) {
+                        None => {
+                            self.diags.push(src.error(span(&q.statement), format!("statement uses :{name} but [route.sql.params] has no {name}")));
+                            ok = false;
+                        }
+                        Some(v) => match Source::parse(v.get_ref()) {
+                            Ok(s) if s.is_element() && for_each.is_none() => {
+                                self.diags.push(src.error(span(v), "element paths (@) need for_each"));
+                                ok = false;
+                            }
+                            Ok(s) => params.push(s),
+                            Err(e) => {
+                                self.diags.push(src.error(span(v), e));
+                                ok = false;
+                            }
+                        },
+                    }
+                }
+                for (k, v) in &q.params {
+                    if !names.contains(k) {
+                        self.diags.push(src.warning(span(v), format!("param {k:?} is not used by the statement")));
+                    }
+                }
+                ok.then(|| Shape::Sql(SqlShape { statement: Arc::from(statement.as_str()), params, for_each }))
+            }
+            _ => Some(Shape::Discard),
+        }
+    }
+}

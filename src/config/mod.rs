@@ -1,0 +1,133 @@
+//! Configuration: `gateway.toml` (settings and environment profiles) and the
+//! route files, parsed (`raw`), checked and compiled (`load`) with every
+//! problem reported as `path:line:col: message`.
+
+pub mod diag;
+pub mod env;
+pub mod load;
+pub mod raw;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+pub use diag::{Diagnostic, Diagnostics, Severity, SourceFile};
+pub use env::Env;
+pub use load::{load, LoadOptions};
+
+use crate::routing::RouteTable;
+use crate::shape::sql::SqlShape;
+use crate::shape::{HttpShape, RecordMeta, Request, ShapeError};
+
+/// The environment profiles of the contract.
+pub const PROFILES: [&str; 5] = ["local", "dev", "test", "prod-current", "prod-new"];
+
+/// Runtime settings after defaults and environment overrides.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Settings {
+    pub channels: usize,
+    pub queue_capacity: usize,
+    pub retry_initial_delay: Duration,
+    pub retry_max_delay: Duration,
+    pub commit_interval: Duration,
+    pub shutdown_grace: Duration,
+    pub admin_addr: Option<SocketAddr>,
+    pub session_timeout_ms: u32,
+    pub http_timeout: Duration,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            channels: 2,
+            queue_capacity: 256,
+            retry_initial_delay: Duration::from_millis(500),
+            retry_max_delay: Duration::from_secs(30),
+            commit_interval: Duration::from_millis(1000),
+            shutdown_grace: Duration::from_secs(7),
+            admin_addr: Some(SocketAddr::from(([127, 0, 0, 1], 9898))),
+            session_timeout_ms: 10_000,
+            http_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// The chosen cluster.
+#[derive(Debug, Clone, PartialEq)]
+pub struct KafkaSettings {
+    pub profile: String,
+    pub brokers: Vec<String>,
+    /// Extra librdkafka properties of the profile.
+    pub properties: BTreeMap<String, String>,
+}
+
+/// A loaded, checked configuration: what `run` executes.
+#[derive(Debug)]
+pub struct Config {
+    pub settings: Settings,
+    pub kafka: KafkaSettings,
+    pub subscriptions: Vec<Subscription>,
+    pub sinks: Vec<SinkSpec>,
+    /// Hash of every file's text, to tell configs apart.
+    pub hash: String,
+    pub files: Vec<PathBuf>,
+}
+
+/// One (topic, group): one consumer.
+#[derive(Debug)]
+pub struct Subscription {
+    pub topic: String,
+    pub group: String,
+    /// In precedence order: the first match wins.
+    pub routes: Vec<Route>,
+    pub table: RouteTable,
+}
+
+impl Subscription {
+    /// The route that takes this message, if any.
+    pub fn find(&self, msg: &serde_json::Value) -> Option<&Route> {
+        self.table.find(msg).map(|i| &self.routes[i])
+    }
+}
+
+#[derive(Debug)]
+pub struct Route {
+    pub name: String,
+    pub file: PathBuf,
+    /// Index into [`Config::sinks`].
+    pub sink: usize,
+    pub shape: Shape,
+}
+
+#[derive(Debug)]
+pub enum Shape {
+    Http(HttpShape),
+    Sql(SqlShape),
+    Discard,
+}
+
+impl Route {
+    /// The exact request the route's sink would send for this message.
+    pub fn shape(&self, raw: &[u8], msg: &serde_json::Value, meta: &RecordMeta) -> Result<Request, ShapeError> {
+        Ok(match &self.shape {
+            Shape::Http(h) => Request::Http(h.shape(raw, msg, meta)?),
+            Shape::Sql(s) => Request::Sql(s.shape(msg, meta)?),
+            Shape::Discard => Request::Discard,
+        })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct SinkSpec {
+    /// `file-stem/name`: sinks are local to their route file.
+    pub id: String,
+    pub kind: SinkKind,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum SinkKind {
+    Http { timeout: Duration },
+    Sql { url: String, pool_size: usize },
+    Blackhole,
+}

@@ -1,0 +1,81 @@
+//! HTTP sink: one request per message over a pooled reqwest client.
+//! 2xx is delivered; 408, 429, 5xx, connect errors and timeouts are
+//! retryable (honouring `Retry-After`); other statuses are permanent.
+
+use std::time::Duration;
+
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue, RETRY_AFTER};
+use reqwest::{Method, StatusCode};
+
+use super::DeliveryError;
+use crate::shape::HttpRequest;
+
+pub struct HttpSink {
+    client: reqwest::Client,
+}
+
+impl HttpSink {
+    pub fn new(timeout: Duration) -> Result<Self, String> {
+        let client = reqwest::Client::builder()
+            .timeout(timeout)
+            .connect_timeout(timeout.min(Duration::from_secs(5)))
+            .pool_idle_timeout(Duration::from_secs(60))
+            .tcp_nodelay(true)
+            .build()
+            .map_err(|e| format!("cannot build HTTP client: {e}"))?;
+        Ok(HttpSink { client })
+    }
+
+    pub async fn deliver(&self, req: &HttpRequest) -> Result<(), DeliveryError> {
+        let method = Method::from_bytes(req.method.as_bytes()).map_err(|e| DeliveryError::permanent(e.to_string()))?;
+        let mut headers = HeaderMap::with_capacity(req.headers.len());
+        for (k, v) in &req.headers {
+            let name = HeaderName::from_bytes(k.as_bytes()).map_err(|e| DeliveryError::permanent(format!("header {k:?}: {e}")))?;
+            let value = HeaderValue::from_str(v).map_err(|e| DeliveryError::permanent(format!("header {k:?}: {e}")))?;
+            headers.append(name, value);
+        }
+        let resp = self
+            .client
+            .request(method, &req.url)
+            .headers(headers)
+            .body(req.body.clone())
+            .send()
+            .await
+            .map_err(|e| DeliveryError::retryable(format!("{} {}: {}", req.method, req.url, error_chain(&e))))?;
+        let status = resp.status();
+        if status.is_success() {
+            // Drain the body so the connection goes back to the pool.
+            let _ = resp.bytes().await;
+            return Ok(());
+        }
+        let retry_after = resp
+            .headers()
+            .get(RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map(Duration::from_secs);
+        let body = resp.text().await.unwrap_or_default();
+        let snippet: String = body.chars().take(200).collect();
+        let reason = format!("{} {} answered {}: {}", req.method, req.url, status, snippet);
+        if retryable_status(status) {
+            Err(DeliveryError::Retryable { reason, retry_after })
+        } else {
+            Err(DeliveryError::Permanent { reason })
+        }
+    }
+}
+
+pub fn retryable_status(status: StatusCode) -> bool {
+    status == StatusCode::REQUEST_TIMEOUT || status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error()
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}

@@ -1,0 +1,68 @@
+//! Sinks: where shaped requests go. A closed set of kinds: HTTP, SQL
+//! (PostgreSQL) and blackhole. Each delivery ends in success, a retryable
+//! error or a permanent error; the consumer core decides what follows.
+
+pub mod http;
+pub mod sql;
+
+use std::time::Duration;
+
+use crate::config::{SinkKind, SinkSpec};
+use crate::shape::Request;
+
+/// Why a delivery failed, and whether trying again can help.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DeliveryError {
+    #[error("retryable: {reason}")]
+    Retryable { reason: String, retry_after: Option<Duration> },
+    #[error("permanent: {reason}")]
+    Permanent { reason: String },
+}
+
+impl DeliveryError {
+    pub fn retryable(reason: impl Into<String>) -> Self {
+        DeliveryError::Retryable { reason: reason.into(), retry_after: None }
+    }
+    pub fn permanent(reason: impl Into<String>) -> Self {
+        DeliveryError::Permanent { reason: reason.into() }
+    }
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, DeliveryError::Retryable { .. })
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("sink {id}: {reason}")]
+pub struct BuildError {
+    pub id: String,
+    pub reason: String,
+}
+
+/// A sink ready to deliver, holding its connection pool.
+pub enum Sink {
+    Http(http::HttpSink),
+    Sql(sql::SqlSink),
+    Blackhole,
+}
+
+impl Sink {
+    /// Builds the client or pool. Connections open lazily, so a target that
+    /// is down at start is retried per message rather than failing the start.
+    pub fn build(spec: &SinkSpec) -> Result<Sink, BuildError> {
+        let err = |reason: String| BuildError { id: spec.id.clone(), reason };
+        Ok(match &spec.kind {
+            SinkKind::Http { timeout } => Sink::Http(http::HttpSink::new(*timeout).map_err(err)?),
+            SinkKind::Sql { url, pool_size } => Sink::Sql(sql::SqlSink::new(url, *pool_size).map_err(err)?),
+            SinkKind::Blackhole => Sink::Blackhole,
+        })
+    }
+
+    pub async fn deliver(&self, req: &Request) -> Result<(), DeliveryError> {
+        match (self, req) {
+            (Sink::Http(s), Request::Http(r)) => s.deliver(r).await,
+            (Sink::Sql(s), Request::Sql(r)) => s.deliver(r).await,
+            (_, Request::Discard) | (Sink::Blackhole, _) => Ok(()),
+            _ => Err(DeliveryError::permanent("request kind does not fit the sink kind")),
+        }
+    }
+}
