@@ -1,0 +1,111 @@
+//! `vedgate validate` and `run` on good and broken configs; the examples of
+//! docs/routes.md parse.
+
+use std::path::Path;
+use std::process::Command;
+
+use crate::harness::*;
+
+fn vedgate(args: &[&str]) -> (i32, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_vedgate")).args(args).env("VEDGATE_ADMIN_ADDR", "").output().unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    (out.status.code().unwrap_or(-1), text)
+}
+
+#[test]
+fn validate_accepts_the_shipped_routes() {
+    let root = repo();
+    let (code, out) = vedgate(&["validate", "--config", root.join("gateway.toml").to_str().unwrap(), "--routes", root.join("routes").to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("4 subscription(s), 6 route(s)"), "{out}");
+}
+
+const GOOD: &str = r#"[[subscription]]
+name = "s"
+topic = "t"
+group = "g"
+
+[sink.h]
+type = "http"
+url = "http://127.0.0.1:1"
+
+[[route]]
+name = "r"
+subscription = "s"
+when = [{ path = "$.operationCode", equals = "x" }]
+sink = "h"
+http = { path = "/x" }
+"#;
+
+fn check_broken(dir: &Path, text: &str, want: &[&str]) {
+    let routes = dir.join("routes");
+    std::fs::create_dir_all(&routes).unwrap();
+    let file = routes.join("broken.toml");
+    std::fs::write(&file, text).unwrap();
+    let config = test_gateway_toml(dir);
+    let (c, r) = (config.to_str().unwrap(), routes.to_str().unwrap());
+    let (code, out) = vedgate(&["validate", "--config", c, "--routes", r]);
+    assert_eq!(code, 64, "{out}");
+    for w in want {
+        assert!(out.contains(&w.replace("FILE", file.to_str().unwrap())), "missing {w:?} in:\n{out}");
+    }
+    let (code, run_out) = vedgate(&["run", "--config", c, "--routes", r]);
+    assert_eq!(code, 64, "run must refuse to start: {run_out}");
+    for w in want {
+        assert!(run_out.contains(&w.replace("FILE", file.to_str().unwrap())), "run output lacks {w:?}:\n{run_out}");
+    }
+}
+
+#[test]
+fn unknown_key_is_reported_with_file_line_col() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = GOOD.replace("sink = \"h\"\n", "sink = \"h\"\nretries = 3\n");
+    check_broken(dir.path(), &text, &["FILE:15:1: unknown field `retries`"]);
+}
+
+#[test]
+fn unknown_sink_and_bad_jsonpath_are_all_reported_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = GOOD.replace("sink = \"h\"\n", "sink = \"nope\"\n").replace("$.operationCode", "$.operationCode[");
+    check_broken(dir.path(), &text, &["FILE:14:8: unknown sink \"nope\"", "FILE:13:18: invalid JSONPath"]);
+}
+
+#[test]
+fn broken_toml_is_reported_with_position() {
+    let dir = tempfile::tempdir().unwrap();
+    check_broken(dir.path(), "[[subscription]\nname = 1\n", &["FILE:1:"]);
+}
+
+#[test]
+fn every_example_in_docs_routes_md_parses() {
+    let doc = std::fs::read_to_string(repo().join("docs/routes.md")).expect("docs/routes.md");
+    let mut blocks = Vec::new();
+    let mut cur: Option<String> = None;
+    for line in doc.lines() {
+        match (&mut cur, line.trim_start()) {
+            (None, l) if l.starts_with("```toml") => cur = Some(String::new()),
+            (Some(_), l) if l.starts_with("```") => blocks.push(cur.take().unwrap()),
+            (Some(b), _) => {
+                b.push_str(line);
+                b.push('\n');
+            }
+            _ => {}
+        }
+    }
+    assert!(blocks.len() >= 2, "docs/routes.md has toml examples");
+    for (i, b) in blocks.iter().enumerate() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = test_gateway_toml(dir.path());
+        let file = dir.path().join(format!("example-{i}.toml"));
+        std::fs::write(&file, b).unwrap();
+        let res = vedgate::config::load(&vedgate::config::LoadOptions {
+            config_path: config,
+            routes_path: file,
+            profile: None,
+            env: vedgate::config::Env::default(),
+        });
+        if let Err(d) = res {
+            panic!("example {i} of docs/routes.md does not load:\n{d}\n{b}");
+        }
+    }
+}

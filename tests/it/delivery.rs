@@ -1,0 +1,134 @@
+//! At-least-once delivery: retries, ordering, graceful restart, crash.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use crate::harness::*;
+
+/// A route file sending every message with an `id` to `url` unchanged.
+fn http_routes(dir: &Path, topic: &str, group: &str, url: &str) -> std::path::PathBuf {
+    let routes = dir.join("routes");
+    std::fs::create_dir_all(&routes).unwrap();
+    std::fs::write(
+        routes.join("test.toml"),
+        format!(
+            r#"[[subscription]]
+name = "s"
+topic = "{topic}"
+group = "{group}"
+
+[sink.r]
+type = "http"
+url = "{url}"
+timeout_ms = 60000
+
+[[route]]
+name = "all"
+subscription = "s"
+when = [{{ path = "$.id", exists = true }}]
+sink = "r"
+http = {{ path = "/in/{{$.id}}" }}
+"#
+        ),
+    )
+    .unwrap();
+    routes
+}
+
+fn msgs(topic: &str, from: usize, to: usize) -> Vec<vedgate::tools::traffic::Record> {
+    (from..to).map(|i| record(topic, Some(&format!("k{}", i % 7)), format!(r#"{{"id": "m{i}"}}"#).as_bytes())).collect()
+}
+
+fn ids(r: &Receiver) -> Vec<String> {
+    r.requests().iter().map(|x| x.path.trim_start_matches("/in/").to_string()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retryable_failures_are_retried_in_partition_order() {
+    let topic = unique("retry");
+    let group = unique("g-retry");
+    create_topic(&topic, 1).await;
+    let rx = Receiver::start().await;
+    rx.set(Answer::FailFirst("\"m1\"".into(), 503, 3));
+    let dir = tempfile::tempdir().unwrap();
+    let routes = http_routes(dir.path(), &topic, &group, &rx.url);
+    produce(&msgs(&topic, 0, 4)).await;
+    let gw = Gateway::start(&test_gateway_toml(dir.path()), &routes, base_env());
+    wait_until("all delivered", Duration::from_secs(30), || ids(&rx).contains(&"m3".to_string())).await;
+    // m1 was tried 4 times (3 x 503, then 200) and m2 waited for it.
+    assert_eq!(ids(&rx), vec!["m0", "m1", "m1", "m1", "m1", "m2", "m3"]);
+    wait_until("committed", Duration::from_secs(10), || committed(&group, &topic, 1) == vec![4]).await;
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graceful_stop_exits_zero_and_restart_redelivers_nothing() {
+    let topic = unique("restart");
+    let group = unique("g-restart");
+    create_topic(&topic, 3).await;
+    let rx = Receiver::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let routes = http_routes(dir.path(), &topic, &group, &rx.url);
+    let config = test_gateway_toml(dir.path());
+    produce(&msgs(&topic, 0, 300)).await;
+
+    let mut child = spawn_binary(&config, &routes, &[]);
+    wait_until("first batch", Duration::from_secs(60), || rx.count() >= 300).await;
+    // Let the stored offsets be committed by the periodic commit or the final one.
+    let t0 = Instant::now();
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(10), "SIGTERM: gateway did not exit within 10 s");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(status.success(), "exit status {status:?}");
+    assert_eq!(committed(&group, &topic, 3), end_offsets(&topic, 3), "everything delivered is committed at stop");
+
+    produce(&msgs(&topic, 300, 500)).await;
+    let mut child = spawn_binary(&config, &routes, &[]);
+    wait_until("second batch", Duration::from_secs(60), || rx.count() >= 500).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    assert!(child.wait().unwrap().success());
+
+    let got = ids(&rx);
+    let mut counts: HashMap<&str, usize> = HashMap::new();
+    for id in &got {
+        *counts.entry(id.as_str()).or_default() += 1;
+    }
+    assert_eq!(counts.len(), 500, "every message delivered");
+    assert!(counts.values().all(|c| *c == 1), "nothing delivered twice across a graceful restart");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_during_a_stalled_delivery_redelivers_it_after_restart() {
+    let topic = unique("kill");
+    let group = unique("g-kill");
+    create_topic(&topic, 1).await;
+    let rx = Receiver::start().await;
+    rx.set(Answer::StallOn("\"m2\"".into()));
+    let dir = tempfile::tempdir().unwrap();
+    let routes = http_routes(dir.path(), &topic, &group, &rx.url);
+    let config = test_gateway_toml(dir.path());
+    produce(&msgs(&topic, 0, 5)).await;
+
+    let mut child = spawn_binary(&config, &routes, &[]);
+    wait_until("m2 reaches the stalled receiver", Duration::from_secs(60), || ids(&rx).contains(&"m2".to_string())).await;
+    // Several commit intervals pass while m2 hangs: only m0 and m1 may be committed.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(committed(&group, &topic, 1), vec![2], "offset must not pass the stalled message");
+    child.kill().unwrap();
+    child.wait().unwrap();
+
+    rx.set(Answer::Ok);
+    let mut child = spawn_binary(&config, &routes, &[]);
+    wait_until("redelivery after restart", Duration::from_secs(60), || ids(&rx).contains(&"m4".to_string())).await;
+    assert_eq!(ids(&rx), vec!["m0", "m1", "m2", "m2", "m3", "m4"]);
+    wait_until("committed", Duration::from_secs(10), || committed(&group, &topic, 1) == vec![5]).await;
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    assert!(child.wait().unwrap().success());
+}

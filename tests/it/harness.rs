@@ -1,0 +1,261 @@
+//! Test harness: real broker, real database, real HTTP receivers on 127.0.0.1.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use axum::extract::{Request, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::TopicPartitionList;
+use vedgate::config::{self, Env, LoadOptions};
+use vedgate::consumer::Shutdown;
+use vedgate::tools::traffic::Record;
+
+pub fn brokers() -> String {
+    std::env::var("VEDGATE_TEST_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".into())
+}
+
+pub fn pg_admin_url() -> String {
+    std::env::var("VEDGATE_TEST_PG").unwrap_or_else(|_| "postgres://postgres:postgres@127.0.0.1:5432/postgres".into())
+}
+
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A name unique to this test run.
+pub fn unique(prefix: &str) -> String {
+    static N: AtomicU64 = AtomicU64::new(0);
+    let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis();
+    format!("{prefix}-{}-{t}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
+}
+
+pub async fn create_topic(name: &str, partitions: i32) {
+    vedgate::tools::create_topics(&brokers(), &[(name, partitions)]).await.expect("create topic");
+}
+
+pub async fn produce(records: &[Record]) {
+    let p = vedgate::tools::producer(&brokers()).unwrap();
+    vedgate::tools::produce_all(&p, records, 1000).await.expect("produce");
+}
+
+pub fn record(topic: &str, key: Option<&str>, payload: &[u8]) -> Record {
+    Record { topic: topic.into(), key: key.map(Into::into), payload: Some(payload.to_vec()), kind: String::new() }
+}
+
+/// Committed offset per partition of `topic` for `group` (-1001 when none).
+pub fn committed(group: &str, topic: &str, partitions: i32) -> Vec<i64> {
+    let c: BaseConsumer = ClientConfig::new().set("bootstrap.servers", brokers()).set("group.id", group).create().unwrap();
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition(topic, p);
+    }
+    let got = c.committed_offsets(tpl, Duration::from_secs(10)).unwrap();
+    (0..partitions)
+        .map(|p| got.find_partition(topic, p).map(|e| e.offset().to_raw().unwrap_or(-1001)).unwrap_or(-1001))
+        .collect()
+}
+
+/// High watermark per partition.
+pub fn end_offsets(topic: &str, partitions: i32) -> Vec<i64> {
+    let c: BaseConsumer = ClientConfig::new().set("bootstrap.servers", brokers()).create().unwrap();
+    (0..partitions).map(|p| c.fetch_watermarks(topic, p, Duration::from_secs(10)).unwrap().1).collect()
+}
+
+pub async fn wait_until<F: FnMut() -> bool>(what: &str, timeout: Duration, mut f: F) {
+    let start = Instant::now();
+    while !f() {
+        if start.elapsed() > timeout {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A fresh database with the contract's tables.
+pub async fn fresh_db() -> (String, tokio_postgres::Client) {
+    let name = unique("ved_test").replace('-', "_");
+    let (admin, conn) = tokio_postgres::connect(&pg_admin_url(), tokio_postgres::NoTls).await.expect("connect to PostgreSQL");
+    tokio::spawn(conn);
+    admin.execute(&format!("CREATE DATABASE {name}"), &[]).await.unwrap();
+    let url = pg_admin_url().rsplit_once('/').map(|(base, _)| format!("{base}/{name}")).unwrap();
+    let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(conn);
+    let ddl = std::fs::read_to_string(repo().join("schemas/sql/ved.sql")).unwrap();
+    client.batch_execute(&ddl).await.unwrap();
+    client.batch_execute(&ddl).await.expect("DDL applies twice");
+    (url, client)
+}
+
+/// One request as a receiver saw it.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub method: String,
+    /// Path as sent, percent-encoding kept.
+    pub path: String,
+    pub headers: HashMap<String, String>,
+    pub body: Bytes,
+}
+
+impl Received {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(&name.to_ascii_lowercase()).map(String::as_str)
+    }
+}
+
+/// How a receiver answers.
+#[derive(Debug, Clone)]
+pub enum Answer {
+    Ok,
+    Status(u16, Option<u64>),
+    /// Never answers a request whose body contains the marker; others get 200.
+    StallOn(String),
+    /// Answers with the given status the first `n` times a marker is seen.
+    FailFirst(String, u16, usize),
+}
+
+#[derive(Clone)]
+pub struct Receiver {
+    pub url: String,
+    pub got: Arc<Mutex<Vec<Received>>>,
+    pub answer: Arc<Mutex<Answer>>,
+    seen: Arc<Mutex<HashMap<String, usize>>>,
+}
+
+impl Receiver {
+    pub async fn start() -> Receiver {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let r = Receiver { url, got: Default::default(), answer: Arc::new(Mutex::new(Answer::Ok)), seen: Default::default() };
+        let app = axum::Router::new().fallback(handle).with_state(r.clone());
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        r
+    }
+
+    pub fn set(&self, a: Answer) {
+        *self.answer.lock().unwrap() = a;
+    }
+
+    pub fn requests(&self) -> Vec<Received> {
+        self.got.lock().unwrap().clone()
+    }
+
+    pub fn count(&self) -> usize {
+        self.got.lock().unwrap().len()
+    }
+}
+
+async fn handle(State(r): State<Receiver>, req: Request) -> Response {
+    let method = req.method().to_string();
+    let path = req.uri().path().to_string();
+    let headers = req.headers().iter().map(|(k, v)| (k.as_str().to_string(), v.to_str().unwrap_or("").to_string())).collect();
+    let body = axum::body::to_bytes(req.into_body(), 64 << 20).await.unwrap_or_default();
+    let text = String::from_utf8_lossy(&body).to_string();
+    let answer = r.answer.lock().unwrap().clone();
+    r.got.lock().unwrap().push(Received { method, path, headers, body });
+    match answer {
+        Answer::Ok => StatusCode::OK.into_response(),
+        Answer::Status(s, retry_after) => {
+            let mut resp = StatusCode::from_u16(s).unwrap().into_response();
+            if let Some(ra) = retry_after {
+                resp.headers_mut().insert("retry-after", ra.to_string().parse().unwrap());
+            }
+            resp
+        }
+        Answer::StallOn(marker) if text.contains(&marker) => {
+            std::future::pending::<()>().await;
+            unreachable!()
+        }
+        Answer::StallOn(_) => StatusCode::OK.into_response(),
+        Answer::FailFirst(marker, status, n) if text.contains(&marker) => {
+            let mut seen = r.seen.lock().unwrap();
+            let c = seen.entry(marker).or_default();
+            *c += 1;
+            if *c <= n {
+                StatusCode::from_u16(status).unwrap().into_response()
+            } else {
+                StatusCode::OK.into_response()
+            }
+        }
+        Answer::FailFirst(..) => StatusCode::OK.into_response(),
+    }
+}
+
+/// Environment for a gateway under test: local broker, no admin server,
+/// fast retries and commits.
+pub fn base_env() -> Env {
+    Env::from_pairs([("BROKERS", brokers()), ("VEDGATE_ADMIN_ADDR", String::new())])
+}
+
+pub fn test_gateway_toml(dir: &Path) -> PathBuf {
+    let p = dir.join("gateway.toml");
+    std::fs::write(
+        &p,
+        r#"[defaults]
+channels = 2
+retry_initial_delay_ms = 100
+retry_max_delay_ms = 1000
+commit_interval_ms = 200
+shutdown_grace_ms = 3000
+session_timeout_ms = 6000
+admin_addr = ""
+
+[profile.local]
+brokers = ["127.0.0.1:9092"]
+"#,
+    )
+    .unwrap();
+    p
+}
+
+/// A gateway running inside the test process.
+pub struct Gateway {
+    shutdown: Shutdown,
+    task: tokio::task::JoinHandle<Result<(), vedgate::gateway::GatewayError>>,
+    pub metrics: Arc<vedgate::metrics::Metrics>,
+}
+
+impl Gateway {
+    pub fn start(config_path: &Path, routes: &Path, env: Env) -> Gateway {
+        let (cfg, _warnings) = config::load(&LoadOptions {
+            config_path: config_path.to_path_buf(),
+            routes_path: routes.to_path_buf(),
+            profile: Some("local".into()),
+            env,
+        })
+        .unwrap_or_else(|d| panic!("config does not load:\n{d}"));
+        let shutdown = Shutdown::default();
+        let metrics = Arc::new(vedgate::metrics::Metrics::default());
+        let task = tokio::spawn(vedgate::gateway::run(cfg, metrics.clone(), shutdown.clone()));
+        Gateway { shutdown, task, metrics }
+    }
+
+    /// Graceful stop, as on SIGTERM.
+    pub async fn stop(self) {
+        self.shutdown.stop.cancel();
+        let abort = self.shutdown.abort.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            abort.cancel();
+        });
+        tokio::time::timeout(Duration::from_secs(15), self.task).await.expect("gateway stops in time").unwrap().unwrap();
+    }
+}
+
+/// The gateway binary as a child process.
+pub fn spawn_binary(config: &Path, routes: &Path, env: &[(&str, String)]) -> std::process::Child {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_vedgate"));
+    cmd.arg("run").arg("--config").arg(config).arg("--routes").arg(routes).arg("--env").arg("local");
+    cmd.env("BROKERS", brokers()).env("VEDGATE_ADMIN_ADDR", "").env("VEDGATE_LOG", "info,vedgate=debug");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::inherit());
+    cmd.spawn().expect("spawn vedgate")
+}
