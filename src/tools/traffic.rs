@@ -162,7 +162,7 @@ impl Traffic {
     /// Messages of the same topics that no shipped route takes.
     pub fn unclaimed(&mut self) -> Record {
         let n = self.next_id();
-        match n % 3 {
+        match self.rng.gen_range(0..3) {
             0 => {
                 let v = json!({"operationCode": "account_opened", "messageId": self.uuid(), "payload": {"contractId": format!("FC-X-{n}")}});
                 self.colvir(None, v, "unclaimed/account_opened")
