@@ -63,9 +63,14 @@ pub async fn run(config: Config, metrics: Arc<Metrics>, shutdown: Shutdown) -> R
         None => None,
     };
 
+    let producer = if config.subscriptions.iter().any(|s| s.dead_letter_topic.is_some()) {
+        Some(crate::consumer::dead_letter_producer(&config.kafka).map_err(|source| GatewayError::Kafka { group: "(dead letters)".into(), source })?)
+    } else {
+        None
+    };
     let mut tasks = Vec::new();
     for (i, sub) in config.subscriptions.iter().enumerate() {
-        let fut = run_subscription(config.clone(), i, sinks.clone(), metrics.clone(), shutdown.clone(), joined[i].clone());
+        let fut = run_subscription(config.clone(), i, sinks.clone(), metrics.clone(), shutdown.clone(), joined[i].clone(), producer.clone());
         let group = sub.group.clone();
         tasks.push(tokio::spawn(async move { fut.await.map_err(|source| GatewayError::Kafka { group, source }) }));
     }

@@ -13,6 +13,7 @@
 //!   rows (URL templates, JSON templates, named SQL params, exact decimals).
 //! - [`sinks`]: HTTP (reqwest), SQL (PostgreSQL) and blackhole delivery,
 //!   with retryable and permanent errors.
+//! - [`message`]: decoding record values: limits, strict JSON, exact numbers.
 //! - [`consumer`]: the consumer core: dispatcher, workers, retries, offset
 //!   tracking and commits.
 //! - [`gateway`]: starts everything, admin endpoints, one shutdown path.
@@ -22,6 +23,7 @@
 pub mod config;
 pub mod consumer;
 pub mod gateway;
+pub mod message;
 pub mod metrics;
 pub mod routing;
 pub mod shape;

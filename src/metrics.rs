@@ -14,8 +14,13 @@ pub const IN_FLIGHT: &str = "vedgate_in_flight_messages";
 pub const DELIVERY_ATTEMPTS_TOTAL: &str = "vedgate_delivery_attempts_total";
 /// Config reloads by result.
 pub const CONFIG_RELOADS_TOTAL: &str = "vedgate_config_reloads_total";
-/// Sum and count of sink latency per route, in seconds.
-pub const SINK_LATENCY_SECONDS: &str = "vedgate_sink_latency_seconds";
+/// Sum of sink call latency per route, in microseconds, and the call count.
+pub const SINK_LATENCY_SUM_MICROS: &str = "vedgate_sink_latency_micros_sum";
+pub const SINK_LATENCY_COUNT: &str = "vedgate_sink_latency_micros_count";
+/// Partitions with unfinished messages and no progress for `stall_timeout_ms`.
+pub const STALLED_PARTITIONS: &str = "vedgate_stalled_partitions";
+/// Deliveries stopped on a message that can be neither delivered nor dead-lettered.
+pub const BLOCKED_PARTITIONS: &str = "vedgate_blocked_partitions";
 /// Kafka client errors per group.
 pub const KAFKA_ERRORS_TOTAL: &str = "vedgate_kafka_errors_total";
 
@@ -55,6 +60,13 @@ impl Metrics {
     pub fn get(&self, name: &'static str, labels: &[(&'static str, &str)]) -> u64 {
         let key: Key = (name, labels.iter().map(|(k, v)| (*k, v.to_string())).collect());
         self.counters.lock().unwrap_or_else(|e| e.into_inner()).get(&key).map(|c| c.load(Ordering::Relaxed)).unwrap_or(0)
+    }
+
+    /// Adds one sink call's latency to the route's sum and count.
+    pub fn observe_latency(&self, group: &str, route: &str, d: std::time::Duration) {
+        let labels = [("group", group), ("route", route)];
+        self.counter(SINK_LATENCY_SUM_MICROS, &labels).fetch_add(d.as_micros() as u64, Ordering::Relaxed);
+        self.counter(SINK_LATENCY_COUNT, &labels).fetch_add(1, Ordering::Relaxed);
     }
 
     /// Prometheus text exposition.

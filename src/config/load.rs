@@ -12,7 +12,7 @@ use toml::Spanned;
 
 use super::raw::{RawGateway, RawPredicate, RawRoute, RawRouteFile, RawSink};
 use super::{
-    Config, Diagnostics, Env, KafkaSettings, Route, Settings, Shape, SinkKind, SinkSpec, SourceFile, Subscription,
+    Config, Diagnostics, Env, KafkaSettings, RetryPolicy, Route, Settings, Shape, SinkKind, SinkSpec, SourceFile, Subscription,
     PROFILES,
 };
 use crate::routing::{JsonPath, MatchValue, Predicate, PredicateTest, RouteTable};
@@ -59,7 +59,7 @@ pub fn load(opts: &LoadOptions) -> Result<(Config, Diagnostics), Diagnostics> {
         None => (Settings::default(), KafkaSettings { profile: String::new(), brokers: vec![], properties: BTreeMap::new() }),
     };
 
-    let mut compiler = Compiler { env: &opts.env, diags, subs: Vec::new(), sinks: Vec::new() };
+    let mut compiler = Compiler { env: &opts.env, diags, subs: Vec::new(), sinks: Vec::new(), retry: settings.retry.clone() };
     match route_files(&opts.routes_path) {
         Ok(paths) if paths.is_empty() => compiler.diags.push(SourceFile::new(&opts.routes_path, String::new()).error(None, "no route files (*.toml) found")),
         Ok(paths) => {
@@ -140,6 +140,15 @@ fn positive(src: &SourceFile, v: &Option<Spanned<i64>>, name: &str, diags: &mut 
     Some(*v.get_ref() as u64)
 }
 
+fn nonneg(src: &SourceFile, v: &Option<Spanned<i64>>, name: &str, diags: &mut Diagnostics) -> Option<u64> {
+    let v = v.as_ref()?;
+    if *v.get_ref() < 0 {
+        diags.push(src.error(span(v), format!("{name} must not be negative, got {}", v.get_ref())));
+        return None;
+    }
+    Some(*v.get_ref() as u64)
+}
+
 fn gateway_settings(src: &SourceFile, raw: &RawGateway, opts: &LoadOptions, diags: &mut Diagnostics) -> (Settings, KafkaSettings) {
     let d = &raw.defaults;
     let mut s = Settings::default();
@@ -199,6 +208,23 @@ fn gateway_settings(src: &SourceFile, raw: &RawGateway, opts: &LoadOptions, diag
             _ => diags.push(src.error(None, format!("SLEEP_SECOND={v:?} is not a positive number of seconds"))),
         }
     }
+    if let Some(v) = nonneg(src, &d.retry_max_attempts, "retry_max_attempts", diags) {
+        s.retry.max_attempts = (v > 0).then_some(v as u32);
+    }
+    if let Some(v) = nonneg(src, &d.retry_max_duration_ms, "retry_max_duration_ms", diags) {
+        s.retry.max_duration = (v > 0).then(|| ms(v));
+    }
+    if let Some(v) = positive(src, &d.max_message_bytes, "max_message_bytes", diags) {
+        s.max_message_bytes = v as usize;
+    }
+    if let Some(v) = positive(src, &d.max_json_depth, "max_json_depth", diags) {
+        s.max_json_depth = (v as usize).min(120); // serde_json refuses deeper than 128 anyway
+    }
+    if let Some(v) = positive(src, &d.stall_timeout_ms, "stall_timeout_ms", diags) {
+        s.stall_timeout = ms(v);
+    }
+    s.retry.initial_delay = s.retry_initial_delay;
+    s.retry.max_delay = s.retry_max_delay;
     if s.retry_max_delay < s.retry_initial_delay {
         diags.push(src.error(d.retry_max_delay_ms.as_ref().map(|v| v.span()), "retry_max_delay_ms is smaller than the initial delay"));
     }
@@ -246,6 +272,8 @@ struct Compiler<'a> {
     diags: Diagnostics,
     subs: Vec<Subscription>,
     sinks: Vec<SinkSpec>,
+    /// Default retry policy from gateway.toml.
+    retry: RetryPolicy,
 }
 
 /// A sink of the file being compiled.
@@ -284,10 +312,34 @@ impl Compiler<'_> {
                 self.diags.push(src.error(span(&s.topic), "topic and group must not be empty"));
                 continue;
             }
+            let dead_letter_topic = match (&s.dead_letter, &s.dead_letter_topic) {
+                (Some(false), Some(t)) => {
+                    self.diags.push(src.error(span(t), "dead_letter = false and dead_letter_topic contradict each other"));
+                    continue;
+                }
+                (Some(false), None) => None,
+                (_, Some(t)) => match self.expand(src, t) {
+                    Some(x) if !x.is_empty() => Some(x),
+                    Some(_) => {
+                        self.diags.push(src.error(span(t), "dead_letter_topic must not be empty (use dead_letter = false)"));
+                        continue;
+                    }
+                    None => continue,
+                },
+                (_, None) => Some(format!("{group}.dlq")),
+            };
             let idx = match self.subs.iter().position(|x| x.topic == topic && x.group == group) {
-                Some(i) => i,
+                Some(i) => {
+                    if self.subs[i].dead_letter_topic != dead_letter_topic {
+                        self.diags.push(src.error(span(&s.name), format!(
+                            "group {group:?} on {topic:?} is declared elsewhere with dead-letter topic {:?}; declare the same",
+                            self.subs[i].dead_letter_topic
+                        )));
+                    }
+                    i
+                }
                 None => {
-                    self.subs.push(Subscription { topic, group, routes: Vec::new(), table: RouteTable::default() });
+                    self.subs.push(Subscription { topic, group, routes: Vec::new(), table: RouteTable::default(), dead_letter_topic });
                     self.subs.len() - 1
                 }
             };
@@ -331,7 +383,8 @@ impl Compiler<'_> {
                     self.diags.push(src.error(span(&r.name), format!("route name {name:?} is used twice in group {:?}", self.subs[sub].group)));
                 }
                 let enabled = r.enabled.unwrap_or(true);
-                new_routes.push((sub, Route { name, file: src.path.clone(), sink: sink.index, shape }, enabled.then_some(preds)));
+                let retry = self.retry_policy(src, r);
+                new_routes.push((sub, Route { name, file: src.path.clone(), sink: sink.index, shape, retry }, enabled.then_some(preds)));
             }
         }
         for (name, sink) in &raw.sink {
@@ -351,6 +404,31 @@ impl Compiler<'_> {
             all.extend(preds_by_sub.remove(&sub).unwrap_or_default());
             self.subs[sub].table = RouteTable::new(all);
         }
+    }
+
+    fn retry_policy(&mut self, src: &SourceFile, r: &RawRoute) -> RetryPolicy {
+        let mut p = self.retry.clone();
+        let Some(raw) = &r.retry else { return p };
+        let sp = span(raw);
+        let raw = raw.get_ref();
+        let mut bad = |what: &str| self.diags.push(src.error(sp.clone(), format!("retry.{what} must not be negative")));
+        let ms = |v: i64| Duration::from_millis(v as u64);
+        if let Some(v) = raw.initial_delay_ms {
+            if v <= 0 { bad("initial_delay_ms") } else { p.initial_delay = ms(v) }
+        }
+        if let Some(v) = raw.max_delay_ms {
+            if v <= 0 { bad("max_delay_ms") } else { p.max_delay = ms(v) }
+        }
+        if let Some(v) = raw.max_attempts {
+            if v < 0 { bad("max_attempts") } else { p.max_attempts = (v > 0).then_some(v as u32) }
+        }
+        if let Some(v) = raw.max_duration_ms {
+            if v < 0 { bad("max_duration_ms") } else { p.max_duration = (v > 0).then(|| ms(v)) }
+        }
+        if p.max_delay < p.initial_delay {
+            self.diags.push(src.error(sp, "retry.max_delay_ms is smaller than the initial delay"));
+        }
+        p
     }
 
     fn sink(&mut self, src: &SourceFile, stem: &str, name: &str, sink: &Spanned<RawSink>) -> Option<LocalSink> {
@@ -380,7 +458,15 @@ impl Compiler<'_> {
                     return None;
                 }
                 let timeout = s.timeout_ms.as_ref().map(|t| Duration::from_millis((*t.get_ref()).max(1) as u64)).unwrap_or(Duration::from_secs(10));
-                (SinkKind::Http { timeout }, url.trim_end_matches('/').to_string())
+                let retryable_statuses = match &s.retryable_statuses {
+                    Some(list) if list.get_ref().iter().all(|c| (100..600).contains(c)) => Some(list.get_ref().iter().map(|c| *c as u16).collect()),
+                    Some(list) => {
+                        self.diags.push(src.error(span(list), "retryable_statuses takes HTTP status codes (100-599)"));
+                        return None;
+                    }
+                    None => None,
+                };
+                (SinkKind::Http { timeout, retryable_statuses }, url.trim_end_matches('/').to_string())
             }
             "sql" => {
                 let Some(url) = url else {

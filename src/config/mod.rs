@@ -35,6 +35,29 @@ pub struct Settings {
     pub admin_addr: Option<SocketAddr>,
     pub session_timeout_ms: u32,
     pub http_timeout: Duration,
+    /// Default retry policy of routes.
+    pub retry: RetryPolicy,
+    pub max_message_bytes: usize,
+    pub max_json_depth: usize,
+    pub stall_timeout: Duration,
+}
+
+/// How long a route keeps trying a message before it is dead-lettered.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RetryPolicy {
+    pub initial_delay: Duration,
+    pub max_delay: Duration,
+    /// `None`: unlimited.
+    pub max_attempts: Option<u32>,
+    /// `None`: unlimited.
+    pub max_duration: Option<Duration>,
+}
+
+impl RetryPolicy {
+    /// Whether a message that failed `attempts` times since `first` is out of tries.
+    pub fn exhausted(&self, attempts: u32, elapsed: Duration) -> bool {
+        self.max_attempts.is_some_and(|m| attempts >= m) || self.max_duration.is_some_and(|d| elapsed >= d)
+    }
 }
 
 impl Default for Settings {
@@ -49,6 +72,15 @@ impl Default for Settings {
             admin_addr: Some(SocketAddr::from(([127, 0, 0, 1], 9898))),
             session_timeout_ms: 10_000,
             http_timeout: Duration::from_secs(10),
+            retry: RetryPolicy {
+                initial_delay: Duration::from_millis(500),
+                max_delay: Duration::from_secs(30),
+                max_attempts: None,
+                max_duration: None,
+            },
+            max_message_bytes: 1 << 20,
+            max_json_depth: 64,
+            stall_timeout: Duration::from_secs(60),
         }
     }
 }
@@ -82,6 +114,8 @@ pub struct Subscription {
     /// In precedence order: the first match wins.
     pub routes: Vec<Route>,
     pub table: RouteTable,
+    /// Where messages that cannot be delivered go; `None` stops the partition instead.
+    pub dead_letter_topic: Option<String>,
 }
 
 impl Subscription {
@@ -98,6 +132,7 @@ pub struct Route {
     /// Index into [`Config::sinks`].
     pub sink: usize,
     pub shape: Shape,
+    pub retry: RetryPolicy,
 }
 
 #[derive(Debug)]
@@ -127,7 +162,7 @@ pub struct SinkSpec {
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum SinkKind {
-    Http { timeout: Duration },
+    Http { timeout: Duration, retryable_statuses: Option<Vec<u16>> },
     Sql { url: String, pool_size: usize },
     Blackhole,
 }

@@ -42,6 +42,16 @@ pub struct RawDefaults {
     pub session_timeout_ms: Option<Spanned<i64>>,
     /// Default HTTP sink timeout in milliseconds.
     pub http_timeout_ms: Option<Spanned<i64>>,
+    /// Attempts before a message is dead-lettered (0: unlimited).
+    pub retry_max_attempts: Option<Spanned<i64>>,
+    /// Time spent retrying before a message is dead-lettered, ms (0: unlimited).
+    pub retry_max_duration_ms: Option<Spanned<i64>>,
+    /// Larger message values are invalid (dead-lettered), in bytes.
+    pub max_message_bytes: Option<Spanned<i64>>,
+    /// JSON nested deeper than this is invalid (dead-lettered).
+    pub max_json_depth: Option<Spanned<i64>>,
+    /// A partition with unfinished messages and no progress for this long is reported, ms.
+    pub stall_timeout_ms: Option<Spanned<i64>>,
 }
 
 /// `[profile.NAME]` of `gateway.toml`.
@@ -81,6 +91,10 @@ pub struct RawSubscription {
     pub topic: Spanned<String>,
     /// Consumer group, `${VAR:-default}` allowed.
     pub group: Spanned<String>,
+    /// Dead-letter topic; default `{group}.dlq`.
+    pub dead_letter_topic: Option<Spanned<String>>,
+    /// `false`: no dead-letter topic; a message that cannot be delivered stops its partition.
+    pub dead_letter: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -98,6 +112,8 @@ pub struct RawSink {
     pub headers: BTreeMap<String, Spanned<String>>,
     /// SQL: connections in the pool.
     pub pool_size: Option<Spanned<i64>>,
+    /// HTTP: statuses worth retrying (default 408, 429 and 5xx); other non-2xx are permanent.
+    pub retryable_statuses: Option<Spanned<Vec<i64>>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -118,6 +134,21 @@ pub struct RawRoute {
     pub http: Option<Spanned<RawHttpRequest>>,
     /// SQL statement shape (for `sql` sinks).
     pub sql: Option<Spanned<RawSqlRequest>>,
+    /// Retry policy; defaults come from `gateway.toml`.
+    pub retry: Option<Spanned<RawRetry>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRetry {
+    /// First delay, ms.
+    pub initial_delay_ms: Option<i64>,
+    /// Largest delay, ms.
+    pub max_delay_ms: Option<i64>,
+    /// Attempts before dead-lettering (0: unlimited).
+    pub max_attempts: Option<i64>,
+    /// Time before dead-lettering, ms (0: unlimited).
+    pub max_duration_ms: Option<i64>,
 }
 
 #[derive(Debug, Deserialize)]

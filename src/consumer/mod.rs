@@ -5,6 +5,8 @@
 //! Order is kept within a partition: a partition always goes to the same
 //! worker, which delivers one message at a time and retries before moving on.
 
+pub mod dead_letter;
+mod lanes;
 pub mod offsets;
 mod retry;
 
@@ -18,13 +20,14 @@ use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 use rdkafka::{ClientContext, TopicPartitionList};
 use serde_json::Value;
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, KafkaSettings, Settings};
 use crate::metrics::{inc, Metrics, RouteCounters, INVALID_ROUTE, UNMATCHED_ROUTE};
 use crate::shape::RecordMeta;
 use crate::sinks::Sink;
+use crate::message::{decode, Invalid, Limits};
+use dead_letter::{DeadLetterWriter, ErrorClass};
 pub use offsets::OffsetTracker;
 pub use retry::Backoff;
 
@@ -34,6 +37,27 @@ pub use retry::Backoff;
 pub struct Shutdown {
     pub stop: CancellationToken,
     pub abort: CancellationToken,
+}
+
+/// librdkafka properties every client of the profile shares (brokers, security).
+pub fn client_config(kafka: &KafkaSettings) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", kafka.brokers.join(","));
+    for (k, v) in &kafka.properties {
+        c.set(k, v);
+    }
+    c
+}
+
+/// The producer of dead letters: acknowledged by all in-sync replicas, idempotent.
+pub fn dead_letter_producer(kafka: &KafkaSettings) -> Result<rdkafka::producer::FutureProducer, KafkaError> {
+    client_config(kafka)
+        .set("client.id", "vedgate-dead-letters")
+        .set("acks", "all")
+        .set("enable.idempotence", "true")
+        .set("linger.ms", "5")
+        .set("message.timeout.ms", "30000")
+        .create()
 }
 
 /// librdkafka properties for a consumer of `group`.
@@ -110,12 +134,18 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 type CoreConsumer = StreamConsumer<CoreContext>;
 
-/// A message routed to a worker.
+/// What a lane does with a message.
+enum Work {
+    Deliver { route: usize, value: Value },
+    DeadLetter { class: ErrorClass, reason: String },
+}
+
+/// A message handed to its partition's lane.
 struct Job {
-    route: usize,
+    work: Work,
     meta: RecordMeta,
-    raw: Bytes,
-    value: Value,
+    /// `None` for a tombstone.
+    raw: Option<Bytes>,
     generation: u64,
     read_at: Instant,
 }
@@ -131,6 +161,10 @@ struct Shared {
     unmatched: RouteCounters,
     invalid: RouteCounters,
     shutdown: Shutdown,
+    /// `CHANNELS_COUNT` delivery slots: held during a sink call, not while backing off.
+    slots: tokio::sync::Semaphore,
+    dead_letters: Option<DeadLetterWriter>,
+    metrics: Arc<Metrics>,
 }
 
 impl Shared {
@@ -157,6 +191,7 @@ pub async fn run_subscription(
     metrics: Arc<Metrics>,
     shutdown: Shutdown,
     joined: Arc<std::sync::atomic::AtomicBool>,
+    producer: Option<rdkafka::producer::FutureProducer>,
 ) -> Result<(), KafkaError> {
     let s = &config.subscriptions[sub];
     let (topic, group) = (s.topic.clone(), s.group.clone());
@@ -165,7 +200,18 @@ pub async fn run_subscription(
     let consumer: CoreConsumer = consumer_config(&config.kafka, &config.settings, &group).create_with_context(context)?;
     consumer.subscribe(&[&topic])?;
     let consumer = Arc::new(consumer);
-    tracing::info!(%topic, %group, routes = s.routes.len(), brokers = %config.kafka.brokers.join(","), "subscribed");
+    tracing::info!(%topic, %group, routes = s.routes.len(), dead_letter_topic = s.dead_letter_topic.as_deref().unwrap_or("none"), brokers = %config.kafka.brokers.join(","), "subscribed");
+
+    let dead_letters = match (&s.dead_letter_topic, producer) {
+        (Some(t), Some(p)) => {
+            // Auto-creation is off on the broker: the gateway creates its dead-letter topics.
+            if let Err(e) = crate::tools::create_topics_with(client_config(&config.kafka), &[(t.as_str(), 1)]).await {
+                tracing::warn!(topic = %t, error = %e, "cannot create the dead-letter topic yet; dead-letter writes retry until it exists");
+            }
+            Some(DeadLetterWriter::new(t.clone(), p))
+        }
+        _ => None,
+    };
 
     let counters = s.routes.iter().map(|r| RouteCounters::new(&metrics, &group, &r.name)).collect();
     let shared = Arc::new(Shared {
@@ -178,24 +224,29 @@ pub async fn run_subscription(
         consumer: consumer.clone(),
         tracker: tracker.clone(),
         shutdown: shutdown.clone(),
+        slots: tokio::sync::Semaphore::new(config.settings.channels.max(1)),
+        dead_letters,
+        metrics: metrics.clone(),
     });
     let in_flight = metrics.gauge(crate::metrics::IN_FLIGHT, &[("group", &group)]);
     let kafka_errors = metrics.counter(crate::metrics::KAFKA_ERRORS_TOTAL, &[("group", &group)]);
+    let limits = Limits { max_bytes: config.settings.max_message_bytes, max_depth: config.settings.max_json_depth };
 
-    let channels = config.settings.channels.max(1);
-    let mut lanes = Vec::with_capacity(channels);
-    let mut workers = Vec::with_capacity(channels);
-    for _ in 0..channels {
-        let (tx, rx) = mpsc::channel::<Job>(config.settings.queue_capacity);
-        lanes.push(tx);
-        workers.push(tokio::spawn(worker(shared.clone(), rx)));
-    }
-
+    let mut lanes = lanes::Lanes::new(shared.clone());
+    let stall_limit = config.settings.stall_timeout;
+    let mut watchdog = tokio::time::interval((stall_limit / 2).max(Duration::from_millis(500)));
+    watchdog.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_error_log: Option<(String, Instant)> = None;
     loop {
         let msg = tokio::select! {
             biased;
             _ = shutdown.stop.cancelled() => break,
+            Some((p, epoch)) = lanes.resumed() => { lanes.resume(p, epoch); continue }
+            _ = watchdog.tick() => {
+                report_stalled(&shared, stall_limit);
+                in_flight.store(lock(&tracker).in_flight() as i64, std::sync::atomic::Ordering::Relaxed);
+                continue
+            }
             m = consumer.recv() => m,
         };
         let m = match msg {
@@ -224,33 +275,44 @@ pub async fn run_subscription(
             key: m.key().map(<[u8]>::to_vec),
             timestamp_ms: m.timestamp().to_millis(),
         };
-        let raw = Bytes::copy_from_slice(m.payload().unwrap_or_default());
-        let tombstone = m.payload().is_none();
+        let Some(generation) = lock(&tracker).begin(meta.partition, meta.offset) else {
+            continue; // already read in this assignment (re-fetch after a pause)
+        };
+        let decoded = decode(m.payload(), limits);
+        let raw = m.payload().map(Bytes::copy_from_slice);
         drop(m);
-        let generation = lock(&tracker).begin(meta.partition, meta.offset);
-        in_flight.store(lock(&tracker).in_flight() as i64, std::sync::atomic::Ordering::Relaxed);
-
-        match classify(&shared, &meta, &raw, tombstone) {
-            Classified::Skip => shared.finish(&meta, generation),
-            Classified::Route(route, value) => {
-                inc(&shared.counters[route].consumed);
-                let job = Job { route, meta, raw, value, generation, read_at: Instant::now() };
-                let lane = &lanes[job.meta.partition.unsigned_abs() as usize % channels];
-                // A full lane makes the consumer wait: memory stays bounded and
-                // the backlog stays in Kafka as lag.
-                tokio::select! {
-                    biased;
-                    _ = shutdown.stop.cancelled() => break,
-                    r = lane.send(job) => if r.is_err() { break },
+        let work = match decoded {
+            Ok(value) => match shared.subscription().table.find(&value) {
+                Some(route) => {
+                    inc(&shared.counters[route].consumed);
+                    Work::Deliver { route, value }
                 }
+                None => {
+                    inc(&shared.unmatched.consumed);
+                    inc(&shared.unmatched.skipped);
+                    tracing::trace!(%group, partition = meta.partition, offset = meta.offset, "no route claims the message; skipped");
+                    shared.finish(&meta, generation);
+                    continue;
+                }
+            },
+            Err(invalid) => {
+                inc(&shared.invalid.consumed);
+                let reason = invalid.to_string();
+                if invalid == Invalid::Tombstone || shared.dead_letters.is_none() {
+                    // A tombstone is a delete marker no route can take; without a
+                    // dead-letter topic an invalid message cannot be kept anywhere.
+                    inc(&shared.invalid.skipped);
+                    tracing::warn!(%group, topic = %meta.topic, partition = meta.partition, offset = meta.offset, %reason, "invalid message skipped");
+                    shared.finish(&meta, generation);
+                    continue;
+                }
+                Work::DeadLetter { class: ErrorClass::InvalidMessage, reason }
             }
-        }
+        };
+        lanes.push(Job { work, meta, raw, generation, read_at: Instant::now() });
     }
 
-    drop(lanes);
-    for w in workers {
-        let _ = w.await;
-    }
+    lanes.close().await;
     let remaining = lock(&tracker).in_flight();
     if remaining > 0 {
         tracing::info!(%group, unfinished = remaining, "messages left unfinished at shutdown are not committed and will be redelivered");
@@ -275,105 +337,13 @@ pub async fn run_subscription(
     Ok(())
 }
 
-enum Classified {
-    Skip,
-    Route(usize, Value),
-}
-
-/// Parses once and finds the route. Messages no route can take are final at once.
-fn classify(shared: &Shared, meta: &RecordMeta, raw: &[u8], tombstone: bool) -> Classified {
-    let group = &shared.subscription().group;
-    let reason = if tombstone {
-        "null value (tombstone)".to_string()
-    } else if raw.is_empty() {
-        "empty value".to_string()
-    } else {
-        match serde_json::from_slice::<Value>(raw) {
-            Ok(value) => {
-                return match shared.subscription().table.find(&value) {
-                    Some(i) => Classified::Route(i, value),
-                    None => {
-                        inc(&shared.unmatched.consumed);
-                        inc(&shared.unmatched.skipped);
-                        tracing::trace!(%group, partition = meta.partition, offset = meta.offset, "no route claims the message; skipped");
-                        Classified::Skip
-                    }
-                };
-            }
-            Err(e) => format!("not JSON: {e}"),
-        }
-    };
-    inc(&shared.invalid.consumed);
-    inc(&shared.invalid.skipped);
-    tracing::warn!(%group, topic = %meta.topic, partition = meta.partition, offset = meta.offset, %reason, "invalid message skipped");
-    Classified::Skip
-}
-
-/// Delivers the jobs of its partitions one at a time, in order.
-async fn worker(shared: Arc<Shared>, mut rx: mpsc::Receiver<Job>) {
-    while let Some(job) = rx.recv().await {
-        if shared.shutdown.stop.is_cancelled() {
-            // Not started: left unfinished, so it is redelivered after restart.
-            continue;
-        }
-        if lock(&shared.tracker).generation(job.meta.partition) != Some(job.generation) {
-            continue; // partition revoked since the message was read
-        }
-        if deliver(&shared, &job).await {
-            shared.finish(&job.meta, job.generation);
-        }
-    }
-}
-
-/// Shapes and delivers one message, retrying until it is delivered or
-/// shutdown stops it. Returns whether the message is final.
-async fn deliver(shared: &Shared, job: &Job) -> bool {
+/// The watchdog: partitions holding unfinished messages without progress.
+fn report_stalled(shared: &Shared, limit: Duration) {
+    let stalled = lock(&shared.tracker).stalled(limit);
     let sub = shared.subscription();
-    let route = &sub.routes[job.route];
-    let counters = &shared.counters[job.route];
-    let settings = &shared.config.settings;
-    let sink = &shared.sinks[route.sink];
-    let mut backoff = Backoff::new(settings.retry_initial_delay, settings.retry_max_delay);
-    let request = route.shape(&job.raw, &job.value, &job.meta);
-    let mut attempt = 0u32;
-    loop {
-        attempt += 1;
-        let result = match &request {
-            Ok(req) => {
-                tokio::select! {
-                    biased;
-                    _ = shared.shutdown.abort.cancelled() => {
-                        tracing::warn!(group = %sub.group, route = %route.name, partition = job.meta.partition, offset = job.meta.offset, "grace period over: delivery cut short; the message will be redelivered");
-                        return false;
-                    }
-                    r = sink.deliver(req) => r,
-                }
-            }
-            Err(e) => Err(crate::sinks::DeliveryError::permanent(format!("cannot shape the request: {e}"))),
-        };
-        let delay = match result {
-            Ok(()) => {
-                inc(&counters.delivered);
-                tracing::debug!(group = %sub.group, route = %route.name, partition = job.meta.partition, offset = job.meta.offset, attempt, latency_ms = job.read_at.elapsed().as_millis() as u64, "delivered");
-                return true;
-            }
-            Err(crate::sinks::DeliveryError::Retryable { reason, retry_after }) => {
-                inc(&counters.retried);
-                let d = backoff.next(retry_after);
-                tracing::warn!(group = %sub.group, route = %route.name, partition = job.meta.partition, offset = job.meta.offset, attempt, retry_in_ms = d.as_millis() as u64, %reason, "delivery failed; retrying");
-                d
-            }
-            Err(crate::sinks::DeliveryError::Permanent { reason }) => {
-                inc(&counters.retried);
-                let d = settings.retry_max_delay;
-                tracing::error!(group = %sub.group, route = %route.name, partition = job.meta.partition, offset = job.meta.offset, attempt, retry_in_ms = d.as_millis() as u64, %reason, "delivery failed permanently; the partition waits and retries at the maximum delay (no dead-letter topic)");
-                d
-            }
-        };
-        tokio::select! {
-            biased;
-            _ = shared.shutdown.stop.cancelled() => return false,
-            _ = tokio::time::sleep(delay) => {}
-        }
+    let gauge = shared.metrics.gauge(crate::metrics::STALLED_PARTITIONS, &[("group", &sub.group), ("topic", &sub.topic)]);
+    gauge.store(stalled.len() as i64, std::sync::atomic::Ordering::Relaxed);
+    for (partition, pending, since) in stalled {
+        tracing::warn!(group = %sub.group, topic = %sub.topic, partition, pending, stalled_s = since.as_secs(), "partition has unfinished messages and no progress");
     }
 }

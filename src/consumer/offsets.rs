@@ -3,8 +3,9 @@
 //! order deliveries finish in; it never moves backwards.
 
 use std::collections::{BTreeSet, HashMap};
+use std::time::{Duration, Instant};
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct PartitionState {
     /// Bumped on every assignment, so late results of an earlier
     /// assignment of the same partition are ignored.
@@ -16,6 +17,14 @@ struct PartitionState {
     base: Option<i64>,
     /// Last offset reported as stored (all before it and it are final).
     stored: Option<i64>,
+    /// When a message of this partition last became final (or the assignment began).
+    progress_at: Instant,
+}
+
+impl PartitionState {
+    fn new(generation: u64) -> Self {
+        PartitionState { generation, pending: BTreeSet::new(), next: 0, base: None, stored: None, progress_at: Instant::now() }
+    }
 }
 
 /// Offsets of one consumer (one topic and group).
@@ -30,7 +39,7 @@ impl OffsetTracker {
     pub fn assign(&mut self, partition: i32) -> u64 {
         self.generations += 1;
         let g = self.generations;
-        self.partitions.insert(partition, PartitionState { generation: g, ..Default::default() });
+        self.partitions.insert(partition, PartitionState::new(g));
         g
     }
 
@@ -46,15 +55,32 @@ impl OffsetTracker {
     /// A message was read: it is pending until [`finish`](Self::finish).
     /// Returns the generation to hand back on finish; assigns the partition
     /// if it was not known (first message before the assignment callback).
-    pub fn begin(&mut self, partition: i32, offset: i64) -> u64 {
+    /// Returns `None` for an offset already read in this assignment (a
+    /// re-fetch after pause/resume): it must not be delivered twice.
+    pub fn begin(&mut self, partition: i32, offset: i64) -> Option<u64> {
         if !self.partitions.contains_key(&partition) {
             self.assign(partition);
         }
         let p = self.partitions.get_mut(&partition).expect("assigned above");
+        if p.base.is_some() && offset < p.next {
+            return None;
+        }
+        if p.pending.is_empty() {
+            p.progress_at = Instant::now();
+        }
         p.pending.insert(offset);
         p.base.get_or_insert(offset);
         p.next = p.next.max(offset + 1);
-        p.generation
+        Some(p.generation)
+    }
+
+    /// Partitions with unfinished messages and no progress for `limit`.
+    pub fn stalled(&self, limit: Duration) -> Vec<(i32, usize, Duration)> {
+        self.partitions
+            .iter()
+            .filter(|(_, p)| !p.pending.is_empty() && p.progress_at.elapsed() >= limit)
+            .map(|(id, p)| (*id, p.pending.len(), p.progress_at.elapsed()))
+            .collect()
     }
 
     /// A message's outcome is final. Returns the offset to store (the last
@@ -64,6 +90,7 @@ impl OffsetTracker {
         if p.generation != generation || !p.pending.remove(&offset) {
             return None;
         }
+        p.progress_at = Instant::now();
         let done_through = match p.pending.first() {
             Some(first) => first - 1,
             None => p.next - 1,
@@ -92,7 +119,7 @@ mod tests {
     #[test]
     fn stores_only_the_contiguous_finished_prefix() {
         let mut t = OffsetTracker::default();
-        let g = t.begin(0, 10);
+        let g = t.begin(0, 10).unwrap();
         t.begin(0, 11);
         t.begin(0, 12);
         assert_eq!(t.finish(0, 11, g), None, "10 is not final yet");
@@ -104,7 +131,7 @@ mod tests {
     #[test]
     fn in_order_finishes_store_each_offset() {
         let mut t = OffsetTracker::default();
-        let g = t.begin(3, 0);
+        let g = t.begin(3, 0).unwrap();
         assert_eq!(t.finish(3, 0, g), Some(0));
         t.begin(3, 1);
         t.begin(3, 2);
@@ -115,7 +142,7 @@ mod tests {
     #[test]
     fn results_of_a_revoked_assignment_are_ignored() {
         let mut t = OffsetTracker::default();
-        let old = t.begin(1, 5);
+        let old = t.begin(1, 5).unwrap();
         t.revoke(1);
         assert_eq!(t.finish(1, 5, old), None);
         let new = t.assign(1);
@@ -127,11 +154,13 @@ mod tests {
     #[test]
     fn never_moves_backwards() {
         let mut t = OffsetTracker::default();
-        let g = t.begin(0, 7);
+        let g = t.begin(0, 7).unwrap();
         assert_eq!(t.finish(0, 7, g), Some(7));
-        // A gap in offsets (compaction, transactions) is fine; an older
-        // offset read again after a seek must not move the position back.
-        t.begin(0, 3);
-        assert_eq!(t.finish(0, 3, g), None);
+        // An older offset read again (a re-fetch) is refused, and the
+        // stored position never moves back.
+        assert_eq!(t.begin(0, 3), None);
+        assert_eq!(t.begin(0, 7), None);
+        t.begin(0, 9).unwrap();
+        assert_eq!(t.finish(0, 9, g), Some(9));
     }
 }

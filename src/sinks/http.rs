@@ -12,10 +12,12 @@ use crate::shape::HttpRequest;
 
 pub struct HttpSink {
     client: reqwest::Client,
+    /// Replaces the default retryable set (408, 429, 5xx) when given.
+    retryable_statuses: Option<Vec<u16>>,
 }
 
 impl HttpSink {
-    pub fn new(timeout: Duration) -> Result<Self, String> {
+    pub fn new(timeout: Duration, retryable_statuses: Option<Vec<u16>>) -> Result<Self, String> {
         let client = reqwest::Client::builder()
             .timeout(timeout)
             .connect_timeout(timeout.min(Duration::from_secs(5)))
@@ -23,7 +25,7 @@ impl HttpSink {
             .tcp_nodelay(true)
             .build()
             .map_err(|e| format!("cannot build HTTP client: {e}"))?;
-        Ok(HttpSink { client })
+        Ok(HttpSink { client, retryable_statuses })
     }
 
     pub async fn deliver(&self, req: &HttpRequest) -> Result<(), DeliveryError> {
@@ -57,7 +59,11 @@ impl HttpSink {
         let body = resp.text().await.unwrap_or_default();
         let snippet: String = body.chars().take(200).collect();
         let reason = format!("{} {} answered {}: {}", req.method, req.url, status, snippet);
-        if retryable_status(status) {
+        let retry = match &self.retryable_statuses {
+            Some(list) => list.contains(&status.as_u16()),
+            None => retryable_status(status),
+        };
+        if retry {
             Err(DeliveryError::Retryable { reason, retry_after })
         } else {
             Err(DeliveryError::Permanent { reason })

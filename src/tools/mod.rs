@@ -14,7 +14,14 @@ use rdkafka::types::RDKafkaErrorCode;
 
 /// Creates topics that do not exist yet; existing ones are left alone.
 pub async fn create_topics(brokers: &str, topics: &[(&str, i32)]) -> Result<(), KafkaError> {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new().set("bootstrap.servers", brokers).create()?;
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", brokers);
+    create_topics_with(c, topics).await
+}
+
+/// [`create_topics`] with a full client configuration (security settings).
+pub async fn create_topics_with(config: ClientConfig, topics: &[(&str, i32)]) -> Result<(), KafkaError> {
+    let admin: AdminClient<DefaultClientContext> = config.create()?;
     let new: Vec<NewTopic> = topics.iter().map(|(name, parts)| NewTopic::new(name, *parts, TopicReplication::Fixed(1))).collect();
     let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(20)));
     for r in admin.create_topics(new.iter(), &opts).await? {

@@ -204,6 +204,7 @@ retry_max_delay_ms = 1000
 commit_interval_ms = 200
 shutdown_grace_ms = 3000
 session_timeout_ms = 6000
+max_message_bytes = 500000
 admin_addr = ""
 
 [profile.local]
@@ -258,4 +259,42 @@ pub fn spawn_binary(config: &Path, routes: &Path, env: &[(&str, String)]) -> std
     }
     cmd.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::inherit());
     cmd.spawn().expect("spawn vedgate")
+}
+
+/// A record read back from a topic.
+#[derive(Debug, Clone)]
+pub struct ReadBack {
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Option<Vec<u8>>,
+    pub value: Option<Vec<u8>>,
+    pub headers: HashMap<String, String>,
+}
+
+/// Reads every record of `topic` (all partitions, from the beginning) until
+/// `want(records)` holds or the timeout passes.
+pub fn read_topic(topic: &str, timeout: Duration, want: impl Fn(&[ReadBack]) -> bool) -> Vec<ReadBack> {
+    use rdkafka::message::{Headers, Message};
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .set("group.id", unique("reader"))
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .unwrap();
+    c.subscribe(&[topic]).unwrap();
+    let start = Instant::now();
+    let mut out = Vec::new();
+    while start.elapsed() < timeout && !want(&out) {
+        if let Some(Ok(m)) = c.poll(Duration::from_millis(200)) {
+            let mut headers = HashMap::new();
+            if let Some(h) = m.headers() {
+                for hd in h.iter() {
+                    headers.insert(hd.key.to_string(), String::from_utf8_lossy(hd.value.unwrap_or_default()).to_string());
+                }
+            }
+            out.push(ReadBack { partition: m.partition(), offset: m.offset(), key: m.key().map(<[u8]>::to_vec), value: m.payload().map(<[u8]>::to_vec), headers });
+        }
+    }
+    out
 }

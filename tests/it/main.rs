@@ -4,4 +4,5 @@
 mod cli;
 mod delivery;
 mod harness;
+mod poison;
 mod shipped_routes;

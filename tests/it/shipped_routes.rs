@@ -167,7 +167,16 @@ async fn shipped_routes_deliver_every_contract_row_exactly() {
     // Counted: unmatched and invalid messages were skipped, not delivered.
     let skipped = gw.metrics.get(vedgate::metrics::MESSAGES_TOTAL, &[("group", "notification-dbp-foreign-contracts-sink"), ("route", vedgate::metrics::UNMATCHED_ROUTE), ("outcome", "skipped")]);
     assert!(skipped > 0);
-    let invalid = gw.metrics.get(vedgate::metrics::MESSAGES_TOTAL, &[("group", "connect-dbp-international-transfers-sink"), ("route", vedgate::metrics::INVALID_ROUTE), ("outcome", "skipped")]);
-    assert_eq!(invalid, 1);
+    // The message that is not JSON went to each colvir group's dead-letter topic, bytes intact.
+    for g in groups_colvir {
+        let dlq = format!("{g}.dlq");
+        let got = read_topic(&dlq, Duration::from_secs(20), |rs| rs.iter().any(|r| r.headers.get("vedgate-original-topic") == Some(&colvir_topic)));
+        let dl = got.iter().find(|r| r.headers.get("vedgate-original-topic") == Some(&colvir_topic)).expect("dead letter");
+        assert_eq!(dl.value.as_deref(), Some(&b"not json at all"[..]));
+        assert_eq!(dl.headers["vedgate-error-class"], "invalid-message");
+        assert_eq!(dl.headers["vedgate-group"], g);
+        let n = gw.metrics.get(vedgate::metrics::MESSAGES_TOTAL, &[("group", g), ("route", vedgate::metrics::INVALID_ROUTE), ("outcome", "consumed")]);
+        assert_eq!(n, 1);
+    }
     gw.stop().await;
 }

@@ -1,0 +1,284 @@
+//! Partition lanes: each assigned partition has its own task and bounded
+//! queue, so a message retrying in one partition never holds back another.
+//! `CHANNELS_COUNT` bounds concurrent sink calls across the lanes.
+//!
+//! When a lane's queue is full the partition is paused in librdkafka and the
+//! messages already fetched wait in a parked queue; once they are handed over
+//! the partition resumes. Overload turns into lag, not memory.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use rdkafka::consumer::Consumer;
+use rdkafka::TopicPartitionList;
+use tokio::sync::mpsc::{self, error::TrySendError};
+use tokio::task::JoinHandle;
+
+use super::dead_letter::{DeadLetter, ErrorClass};
+use super::{lock, Backoff, Job, Shared, Work};
+use crate::metrics::inc;
+use crate::sinks::DeliveryError;
+
+struct Parked {
+    jobs: VecDeque<Job>,
+    /// Set by the drainer when it emptied the queue: later jobs go to the lane.
+    closed: bool,
+}
+
+struct Lane {
+    tx: mpsc::Sender<Job>,
+    parked: Option<(u64, Arc<Mutex<Parked>>)>,
+}
+
+pub(super) struct Lanes {
+    shared: Arc<Shared>,
+    lanes: HashMap<i32, Lane>,
+    tasks: Vec<JoinHandle<()>>,
+    resume_tx: mpsc::Sender<(i32, u64)>,
+    resume_rx: mpsc::Receiver<(i32, u64)>,
+    epochs: u64,
+}
+
+impl Lanes {
+    pub(super) fn new(shared: Arc<Shared>) -> Self {
+        let (resume_tx, resume_rx) = mpsc::channel(64);
+        Lanes { shared, lanes: HashMap::new(), tasks: Vec::new(), resume_tx, resume_rx, epochs: 0 }
+    }
+
+    /// A parked partition whose backlog has been handed to its lane.
+    pub(super) async fn resumed(&mut self) -> Option<(i32, u64)> {
+        self.resume_rx.recv().await
+    }
+
+    pub(super) fn push(&mut self, job: Job) {
+        let p = job.meta.partition;
+        let shared = &self.shared;
+        let tasks = &mut self.tasks;
+        let lane = self.lanes.entry(p).or_insert_with(|| {
+            let (tx, rx) = mpsc::channel(shared.config.settings.queue_capacity.max(1));
+            tasks.push(tokio::spawn(lane_worker(shared.clone(), rx)));
+            Lane { tx, parked: None }
+        });
+        if let Some((_, q)) = &lane.parked {
+            let mut g = lock(q);
+            if !g.closed {
+                g.jobs.push_back(job);
+                return;
+            }
+            drop(g);
+            lane.parked = None;
+        }
+        let job = match lane.tx.try_send(job) {
+            Ok(()) => return,
+            Err(TrySendError::Closed(_)) => return, // shutting down: left unfinished
+            Err(TrySendError::Full(job)) => job,
+        };
+        // Park: stop fetching this partition until its lane has room.
+        self.epochs += 1;
+        let epoch = self.epochs;
+        let topic = job.meta.topic.clone();
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition(&topic, p);
+        if let Err(e) = shared.consumer.pause(&tpl) {
+            tracing::warn!(%topic, partition = p, error = %e, "cannot pause partition");
+        }
+        tracing::debug!(%topic, partition = p, "lane full: partition paused");
+        let q = Arc::new(Mutex::new(Parked { jobs: VecDeque::from([job]), closed: false }));
+        lane.parked = Some((epoch, q.clone()));
+        let tx = lane.tx.clone();
+        let resume = self.resume_tx.clone();
+        let stop = shared.shutdown.stop.clone();
+        tokio::spawn(async move {
+            loop {
+                let permit = tokio::select! {
+                    _ = stop.cancelled() => return,
+                    r = tx.reserve() => match r { Ok(p) => p, Err(_) => return },
+                };
+                let next = {
+                    let mut g = lock(&q);
+                    let j = g.jobs.pop_front();
+                    if j.is_none() {
+                        g.closed = true;
+                    }
+                    j
+                };
+                match next {
+                    Some(j) => permit.send(j),
+                    None => {
+                        let _ = resume.send((p, epoch)).await;
+                        return;
+                    }
+                }
+            }
+        });
+    }
+
+    pub(super) fn resume(&mut self, p: i32, epoch: u64) {
+        let Some(lane) = self.lanes.get_mut(&p) else { return };
+        match &lane.parked {
+            Some((e, _)) if *e != epoch => return, // parked again since: that drainer resumes
+            _ => lane.parked = None,
+        }
+        let topic = &self.shared.subscription().topic;
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition(topic, p);
+        if let Err(e) = self.shared.consumer.resume(&tpl) {
+            tracing::debug!(%topic, partition = p, error = %e, "cannot resume partition (no longer assigned?)");
+        }
+    }
+
+    /// Closes every lane and waits for the workers to stop.
+    pub(super) async fn close(self) {
+        drop(self.lanes);
+        for t in self.tasks {
+            let _ = t.await;
+        }
+    }
+}
+
+/// Delivers one partition's messages one at a time, in order.
+async fn lane_worker(shared: Arc<Shared>, mut rx: mpsc::Receiver<Job>) {
+    while let Some(job) = rx.recv().await {
+        if shared.shutdown.stop.is_cancelled() {
+            continue; // not started: left unfinished, redelivered after restart
+        }
+        if lock(&shared.tracker).generation(job.meta.partition) != Some(job.generation) {
+            continue; // partition revoked since the message was read
+        }
+        let done = match &job.work {
+            Work::Deliver { route, value } => deliver(&shared, &job, *route, value).await,
+            Work::DeadLetter { class, reason } => {
+                dead_letter(&shared, &job, crate::metrics::INVALID_ROUTE, *class, reason, 0).await == DeadLetterResult::Written
+            }
+        };
+        if done {
+            shared.finish(&job.meta, job.generation);
+        }
+    }
+}
+
+#[derive(PartialEq, Eq)]
+enum DeadLetterResult {
+    Written,
+    /// Shutdown came first.
+    Stopped,
+    /// The subscription has no dead-letter topic.
+    NoTopic,
+}
+
+/// Shapes and delivers one message: retries what can be retried, dead-letters
+/// what cannot. Returns whether the message is final.
+async fn deliver(shared: &Shared, job: &Job, route_idx: usize, value: &serde_json::Value) -> bool {
+    let sub = shared.subscription();
+    let route = &sub.routes[route_idx];
+    let counters = &shared.counters[route_idx];
+    let sink = &shared.sinks[route.sink];
+    let policy = &route.retry;
+    let raw = job.raw.as_deref().unwrap_or_default();
+    let request = route.shape(raw, value, &job.meta);
+    let started = Instant::now();
+    let mut backoff = Backoff::new(policy.initial_delay, policy.max_delay);
+    let mut attempt = 0u32;
+    let mut blocked: Option<Arc<std::sync::atomic::AtomicI64>> = None;
+    loop {
+        attempt += 1;
+        let result = match &request {
+            Ok(req) => {
+                let _slot = shared.slots.acquire().await;
+                let t0 = Instant::now();
+                let r = tokio::select! {
+                    biased;
+                    _ = shared.shutdown.abort.cancelled() => {
+                        tracing::warn!(group = %sub.group, route = %route.name, partition = job.meta.partition, offset = job.meta.offset, "grace period over: delivery cut short; the message will be redelivered");
+                        return false;
+                    }
+                    r = sink.deliver(req) => r,
+                };
+                shared.metrics.observe_latency(&sub.group, &route.name, t0.elapsed());
+                r
+            }
+            Err(e) => Err(DeliveryError::permanent(format!("cannot shape the request: {e}"))),
+        };
+        let (class, reason) = match result {
+            Ok(()) => {
+                inc(&counters.delivered);
+                if let Some(b) = blocked {
+                    b.fetch_sub(1, Ordering::Relaxed);
+                }
+                tracing::debug!(group = %sub.group, route = %route.name, partition = job.meta.partition, offset = job.meta.offset, attempt, latency_ms = job.read_at.elapsed().as_millis() as u64, "delivered");
+                return true;
+            }
+            Err(DeliveryError::Retryable { reason, retry_after }) => {
+                if !policy.exhausted(attempt, started.elapsed()) {
+                    inc(&counters.retried);
+                    let d = backoff.next(retry_after);
+                    tracing::warn!(group = %sub.group, route = %route.name, partition = job.meta.partition, offset = job.meta.offset, attempt, retry_in_ms = d.as_millis() as u64, %reason, "delivery failed; retrying");
+                    if !sleep_or_stop(shared, d).await {
+                        return false;
+                    }
+                    continue;
+                }
+                (ErrorClass::RetriesExhausted, reason)
+            }
+            Err(DeliveryError::Permanent { reason }) => (ErrorClass::Permanent, reason),
+        };
+        match dead_letter(shared, job, &route.name, class, &reason, attempt).await {
+            DeadLetterResult::Written => {
+                inc(&counters.dead_lettered);
+                if let Some(b) = blocked {
+                    b.fetch_sub(1, Ordering::Relaxed);
+                }
+                return true;
+            }
+            DeadLetterResult::Stopped => return false,
+            DeadLetterResult::NoTopic => {
+                // Nowhere to put it and it must not be skipped: the partition stops here.
+                inc(&counters.retried);
+                if blocked.is_none() {
+                    let g = shared.metrics.gauge(crate::metrics::BLOCKED_PARTITIONS, &[("group", &sub.group), ("topic", &sub.topic)]);
+                    g.fetch_add(1, Ordering::Relaxed);
+                    blocked = Some(g);
+                }
+                let d = policy.max_delay;
+                tracing::error!(group = %sub.group, route = %route.name, partition = job.meta.partition, offset = job.meta.offset, attempt, class = class.as_str(), retry_in_ms = d.as_millis() as u64, %reason, "cannot deliver and no dead-letter topic: the partition waits on this message");
+                if !sleep_or_stop(shared, d).await {
+                    return false;
+                }
+            }
+        }
+    }
+}
+
+async fn sleep_or_stop(shared: &Shared, d: std::time::Duration) -> bool {
+    tokio::select! {
+        biased;
+        _ = shared.shutdown.stop.cancelled() => false,
+        _ = tokio::time::sleep(d) => true,
+    }
+}
+
+/// Writes the dead letter, retrying the write until it is acknowledged.
+async fn dead_letter(shared: &Shared, job: &Job, route: &str, class: ErrorClass, reason: &str, attempts: u32) -> DeadLetterResult {
+    let Some(writer) = &shared.dead_letters else { return DeadLetterResult::NoTopic };
+    let sub = shared.subscription();
+    let letter = DeadLetter { meta: &job.meta, value: job.raw.as_deref(), group: &sub.group, route, class, reason, attempts };
+    let settings = &shared.config.settings;
+    let mut backoff = Backoff::new(settings.retry_initial_delay, settings.retry_max_delay);
+    loop {
+        match writer.write(&letter).await {
+            Ok(()) => {
+                tracing::error!(group = %sub.group, %route, partition = job.meta.partition, offset = job.meta.offset, class = class.as_str(), attempts, %reason, dead_letter_topic = %writer.topic, "message dead-lettered");
+                return DeadLetterResult::Written;
+            }
+            Err(e) => {
+                let d = backoff.next(None);
+                tracing::warn!(group = %sub.group, %route, partition = job.meta.partition, offset = job.meta.offset, error = %e, retry_in_ms = d.as_millis() as u64, "dead-letter write failed; the offset waits");
+                if !sleep_or_stop(shared, d).await {
+                    return DeadLetterResult::Stopped;
+                }
+            }
+        }
+    }
+}

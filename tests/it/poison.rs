@@ -1,0 +1,174 @@
+//! Poison input and undeliverable messages: each has a defined outcome, the
+//! gateway keeps running and the partition keeps moving.
+
+use std::path::Path;
+use std::time::Duration;
+
+use crate::harness::*;
+
+fn routes(dir: &Path, topic: &str, group: &str, url: &str, extra_sub: &str, extra_route: &str) -> std::path::PathBuf {
+    let routes = dir.join("routes");
+    std::fs::create_dir_all(&routes).unwrap();
+    std::fs::write(
+        routes.join("test.toml"),
+        format!(
+            r#"[[subscription]]
+name = "s"
+topic = "{topic}"
+group = "{group}"
+{extra_sub}
+
+[sink.r]
+type = "http"
+url = "{url}"
+
+[[route]]
+name = "all"
+subscription = "s"
+when = [{{ path = "$.id", exists = true }}]
+sink = "r"
+http = {{ path = "/in/{{$.id}}" }}
+{extra_route}
+"#
+        ),
+    )
+    .unwrap();
+    routes
+}
+
+fn ids(r: &Receiver) -> Vec<String> {
+    r.requests().iter().map(|x| x.path.trim_start_matches("/in/").to_string()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn poison_messages_are_dead_lettered_and_the_partition_moves_on() {
+    let topic = unique("poison");
+    let group = unique("g-poison");
+    create_topic(&topic, 1).await;
+    let rx = Receiver::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let routes = routes(dir.path(), &topic, &group, &rx.url, "", "");
+    let big = format!(r#"{{"id": "big", "pad": "{}"}}"#, "x".repeat(600_000));
+    let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+    let poison: Vec<(&str, Vec<u8>)> = vec![
+        ("not-json", b"{not json".to_vec()),
+        ("bad-utf8", b"{\"id\": \"\xff\xfe\"}".to_vec()),
+        ("empty", Vec::new()),
+        ("json-null", b"null".to_vec()),
+        ("array", br#"[{"id": "a"}]"#.to_vec()),
+        ("scalar", b"42".to_vec()),
+        ("too-large", big.into_bytes()),
+        ("too-deep", deep.into_bytes()),
+        ("duplicate-keys", br#"{"id": "d1", "id": "d2"}"#.to_vec()),
+    ];
+    let mut records = vec![record(&topic, Some("k"), br#"{"id": "first"}"#)];
+    for (name, bytes) in &poison {
+        records.push(record(&topic, Some(name), bytes));
+    }
+    records.push(vedgate::tools::traffic::Record { topic: topic.clone(), key: Some("tomb".into()), payload: None, kind: String::new() });
+    // Exact big numbers and non-ASCII survive; they are not poison.
+    let exact = r#"{"id": "exact", "n": 123456789012345678901234567890.000000000000000000001, "ключ": "значение \u00e9"}"#;
+    records.push(record(&topic, Some("k"), exact.as_bytes()));
+    records.push(record(&topic, Some("k"), br#"{"id": "last"}"#));
+    produce(&records).await;
+
+    let gw = Gateway::start(&test_gateway_toml(dir.path()), &routes, base_env());
+    wait_until("last delivered", Duration::from_secs(30), || ids(&rx).contains(&"last".to_string())).await;
+    assert_eq!(ids(&rx), vec!["first", "exact", "last"]);
+    let exact_body = rx.requests().into_iter().find(|r| r.path == "/in/exact").unwrap().body;
+    assert_eq!(&exact_body[..], exact.as_bytes(), "forwarded byte for byte");
+
+    let dlq = format!("{group}.dlq");
+    let got = read_topic(&dlq, Duration::from_secs(20), |rs| rs.len() >= poison.len());
+    assert_eq!(got.len(), poison.len(), "one dead letter per poison message, tombstone skipped");
+    for (name, bytes) in &poison {
+        let dl = got.iter().find(|r| r.key.as_deref() == Some(name.as_bytes())).unwrap_or_else(|| panic!("{name} dead-lettered"));
+        assert_eq!(dl.value.as_deref().unwrap_or_default(), &bytes[..], "{name}: original bytes kept");
+        assert_eq!(dl.headers["vedgate-error-class"], "invalid-message", "{name}");
+        assert_eq!(dl.headers["vedgate-original-topic"], topic);
+        assert_eq!(dl.headers["vedgate-original-partition"], "0");
+        assert!(!dl.headers["vedgate-error-reason"].is_empty());
+    }
+    let reason = |n: &str| got.iter().find(|r| r.key.as_deref() == Some(n.as_bytes())).unwrap().headers["vedgate-error-reason"].clone();
+    assert!(reason("duplicate-keys").contains("duplicate key"), "{}", reason("duplicate-keys"));
+    assert!(reason("too-large").contains("max_message_bytes"));
+    assert!(reason("too-deep").contains("max_json_depth"));
+    assert!(reason("array").contains("not an object"));
+    let end = end_offsets(&topic, 1);
+    wait_until("committed to the end", Duration::from_secs(10), || committed(&group, &topic, 1) == end).await;
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn permanent_and_exhausted_failures_are_dead_lettered_with_their_class() {
+    let topic = unique("permanent");
+    let group = unique("g-permanent");
+    create_topic(&topic, 1).await;
+    let rx = Receiver::start().await;
+    rx.set(Answer::FailFirst("\"bad\"".into(), 400, 100));
+    let dir = tempfile::tempdir().unwrap();
+    let routes = routes(dir.path(), &topic, &group, &rx.url, "", "retry = { max_attempts = 3, initial_delay_ms = 50, max_delay_ms = 100 }");
+    let records = vec![
+        record(&topic, Some("a"), br#"{"id": "ok1"}"#),
+        record(&topic, Some("b"), br#"{"id": "bad"}"#),
+        record(&topic, Some("c"), br#"{"id": "ok2"}"#),
+    ];
+    produce(&records).await;
+    let gw = Gateway::start(&test_gateway_toml(dir.path()), &routes, base_env());
+    wait_until("ok2 delivered", Duration::from_secs(30), || ids(&rx).contains(&"ok2".to_string())).await;
+    assert_eq!(ids(&rx), vec!["ok1", "bad", "ok2"], "a 400 is not retried");
+    let got = read_topic(&format!("{group}.dlq"), Duration::from_secs(20), |rs| !rs.is_empty());
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].headers["vedgate-error-class"], "permanent");
+    assert_eq!(got[0].headers["vedgate-attempts"], "1");
+    assert_eq!(got[0].headers["vedgate-route"], "all");
+    assert_eq!(got[0].headers["vedgate-original-offset"], "1");
+    assert_eq!(got[0].value.as_deref(), Some(&br#"{"id": "bad"}"#[..]));
+    wait_until("committed", Duration::from_secs(10), || committed(&group, &topic, 1) == vec![3]).await;
+
+    // 503 forever: retried up to max_attempts, then dead-lettered as retries-exhausted.
+    rx.set(Answer::FailFirst("\"flaky\"".into(), 503, 100));
+    produce(&[record(&topic, Some("d"), br#"{"id": "flaky"}"#), record(&topic, Some("e"), br#"{"id": "ok3"}"#)]).await;
+    wait_until("ok3 delivered", Duration::from_secs(30), || ids(&rx).contains(&"ok3".to_string())).await;
+    assert_eq!(ids(&rx).iter().filter(|i| *i == "flaky").count(), 3);
+    let got = read_topic(&format!("{group}.dlq"), Duration::from_secs(20), |rs| rs.len() >= 2);
+    let ex = got.iter().find(|r| r.headers["vedgate-original-offset"] == "3").expect("exhausted dead letter");
+    assert_eq!(ex.headers["vedgate-error-class"], "retries-exhausted");
+    assert_eq!(ex.headers["vedgate-attempts"], "3");
+    wait_until("committed", Duration::from_secs(10), || committed(&group, &topic, 1) == vec![5]).await;
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_dead_letter_topic_the_partition_stops_and_others_move() {
+    let topic = unique("nodlq");
+    let group = unique("g-nodlq");
+    create_topic(&topic, 2).await;
+    let rx = Receiver::start().await;
+    rx.set(Answer::FailFirst("\"stuck\"".into(), 400, 1_000_000));
+    let dir = tempfile::tempdir().unwrap();
+    let routes = routes(dir.path(), &topic, &group, &rx.url, "dead_letter = false", "");
+    // Partition is chosen by key: find keys for partitions 0 and 1 by producing and reading back.
+    let mut records = Vec::new();
+    for i in 0..20 {
+        records.push(record(&topic, Some(&format!("key{i}")), format!(r#"{{"id": "m{i}"}}"#).as_bytes()));
+    }
+    produce(&records).await;
+    let placed = read_topic(&topic, Duration::from_secs(20), |rs| rs.len() >= 20);
+    let p_of = |i: usize| placed.iter().find(|r| r.key.as_deref() == Some(format!("key{i}").as_bytes())).unwrap().partition;
+    let stuck_key = (0..20).find(|i| p_of(*i) == 0).unwrap();
+    let other_key = (0..20).find(|i| p_of(*i) == 1).unwrap();
+    produce(&[record(&topic, Some(&format!("key{stuck_key}")), br#"{"id": "stuck"}"#), record(&topic, Some(&format!("key{stuck_key}")), br#"{"id": "after-stuck"}"#)]).await;
+    produce(&[record(&topic, Some(&format!("key{other_key}")), br#"{"id": "other"}"#)]).await;
+
+    let gw = Gateway::start(&test_gateway_toml(dir.path()), &routes, base_env());
+    wait_until("other partition delivered", Duration::from_secs(30), || ids(&rx).contains(&"other".to_string())).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(!ids(&rx).contains(&"after-stuck".to_string()), "nothing after the stuck message in its partition");
+    assert!(ids(&rx).iter().filter(|i| *i == "stuck").count() >= 2, "the stuck message is retried, not skipped");
+    let end = end_offsets(&topic, 2);
+    let c = committed(&group, &topic, 2);
+    assert_eq!(c[1], end[1], "the other partition is committed to its end");
+    assert_eq!(c[0], end[0] - 2, "the stuck partition is committed up to the stuck message");
+    gw.stop().await;
+}
