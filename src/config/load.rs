@@ -59,7 +59,7 @@ pub fn load(opts: &LoadOptions) -> Result<(Config, Diagnostics), Diagnostics> {
         None => (Settings::default(), KafkaSettings { profile: String::new(), brokers: vec![], properties: BTreeMap::new() }),
     };
 
-    let mut compiler = Compiler { env: &opts.env, diags, subs: Vec::new(), sinks: Vec::new(), retry: settings.retry.clone() };
+    let mut compiler = Compiler { env: &opts.env, diags, subs: Vec::new(), sinks: Vec::new(), retry: settings.retry.clone(), schemas: HashMap::new() };
     match route_files(&opts.routes_path) {
         Ok(paths) if paths.is_empty() => compiler.diags.push(SourceFile::new(&opts.routes_path, String::new()).error(None, "no route files (*.toml) found")),
         Ok(paths) => {
@@ -274,6 +274,8 @@ struct Compiler<'a> {
     sinks: Vec<SinkSpec>,
     /// Default retry policy from gateway.toml.
     retry: RetryPolicy,
+    /// Compiled schemas by canonical path, shared by the routes that name them.
+    schemas: HashMap<PathBuf, super::MessageSchema>,
 }
 
 /// A sink of the file being compiled.
@@ -384,7 +386,14 @@ impl Compiler<'_> {
                 }
                 let enabled = r.enabled.unwrap_or(true);
                 let retry = self.retry_policy(src, r);
-                new_routes.push((sub, Route { name, file: src.path.clone(), sink: sink.index, shape, retry }, enabled.then_some(preds)));
+                let schema = match &r.schema {
+                    Some(p) => match self.schema(src, p) {
+                        Some(s) => Some(s),
+                        None => continue,
+                    },
+                    None => None,
+                };
+                new_routes.push((sub, Route { name, file: src.path.clone(), sink: sink.index, shape, retry, schema }, enabled.then_some(preds)));
             }
         }
         for (name, sink) in &raw.sink {
@@ -403,6 +412,40 @@ impl Compiler<'_> {
             let mut all = std::mem::take(&mut self.subs[sub].table).into_predicates();
             all.extend(preds_by_sub.remove(&sub).unwrap_or_default());
             self.subs[sub].table = RouteTable::new(all);
+        }
+    }
+
+    fn schema(&mut self, src: &SourceFile, p: &Spanned<String>) -> Option<super::MessageSchema> {
+        let base = src.path.parent().unwrap_or(Path::new("."));
+        let path = base.join(p.get_ref());
+        let key = path.canonicalize().unwrap_or(path.clone());
+        if let Some(s) = self.schemas.get(&key) {
+            return Some(s.clone());
+        }
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) => {
+                self.diags.push(src.error(span(p), format!("cannot read schema {}: {e}", path.display())));
+                return None;
+            }
+        };
+        let json: serde_json::Value = match serde_json::from_str(&text) {
+            Ok(j) => j,
+            Err(e) => {
+                self.diags.push(src.error(span(p), format!("schema {} is not JSON: {e}", path.display())));
+                return None;
+            }
+        };
+        match jsonschema::validator_for(&json) {
+            Ok(v) => {
+                let s = super::MessageSchema { path, validator: Arc::new(v) };
+                self.schemas.insert(key, s.clone());
+                Some(s)
+            }
+            Err(e) => {
+                self.diags.push(src.error(span(p), format!("schema {} is not a valid JSON Schema: {e}", path.display())));
+                None
+            }
         }
     }
 

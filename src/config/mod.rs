@@ -133,6 +133,34 @@ pub struct Route {
     pub sink: usize,
     pub shape: Shape,
     pub retry: RetryPolicy,
+    pub schema: Option<MessageSchema>,
+}
+
+/// A compiled JSON Schema a route requires of its messages.
+#[derive(Clone)]
+pub struct MessageSchema {
+    pub path: PathBuf,
+    pub validator: std::sync::Arc<jsonschema::Validator>,
+}
+
+impl std::fmt::Debug for MessageSchema {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "MessageSchema({})", self.path.display())
+    }
+}
+
+impl MessageSchema {
+    /// `Err` names the failing path: `schema doc-status.schema.json: at /payload/status: ...`.
+    pub fn check(&self, msg: &serde_json::Value) -> Result<(), String> {
+        match self.validator.iter_errors(msg).next() {
+            None => Ok(()),
+            Some(e) => {
+                let at = e.instance_path.to_string();
+                let file = self.path.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default();
+                Err(format!("schema {file}: at {}: {e}", if at.is_empty() { "/" } else { &at }))
+            }
+        }
+    }
 }
 
 #[derive(Debug)]

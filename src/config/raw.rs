@@ -136,6 +136,8 @@ pub struct RawRoute {
     pub sql: Option<Spanned<RawSqlRequest>>,
     /// Retry policy; defaults come from `gateway.toml`.
     pub retry: Option<Spanned<RawRetry>>,
+    /// JSON Schema file (relative to this route file) every message must pass.
+    pub schema: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

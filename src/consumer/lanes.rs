@@ -174,6 +174,30 @@ async fn deliver(shared: &Shared, job: &Job, route_idx: usize, value: &serde_jso
     let sub = shared.subscription();
     let route = &sub.routes[route_idx];
     let counters = &shared.counters[route_idx];
+    if let Some(schema) = &route.schema {
+        if let Err(reason) = schema.check(value) {
+            return match dead_letter(shared, job, &route.name, ErrorClass::Schema, &reason, 0).await {
+                DeadLetterResult::Written => {
+                    inc(&counters.dead_lettered);
+                    true
+                }
+                DeadLetterResult::Stopped => false,
+                DeadLetterResult::NoTopic => {
+                    // Without a dead-letter topic a message that fails its schema is still delivered:
+                    // the sink decides, and a sink error stops the partition as usual.
+                    tracing::warn!(group = %sub.group, route = %route.name, partition = job.meta.partition, offset = job.meta.offset, %reason, "message fails its schema; no dead-letter topic, delivering anyway");
+                    deliver_checked(shared, job, route_idx, value).await
+                }
+            };
+        }
+    }
+    deliver_checked(shared, job, route_idx, value).await
+}
+
+async fn deliver_checked(shared: &Shared, job: &Job, route_idx: usize, value: &serde_json::Value) -> bool {
+    let sub = shared.subscription();
+    let route = &sub.routes[route_idx];
+    let counters = &shared.counters[route_idx];
     let sink = &shared.sinks[route.sink];
     let policy = &route.retry;
     let raw = job.raw.as_deref().unwrap_or_default();

@@ -143,7 +143,7 @@ impl Traffic {
 
     pub fn swift(&mut self) -> Record {
         let n = self.next_id();
-        let bic = format!("TEST{}KZ{}", ["KZKA", "KZKB", "KZKC"][n as usize % 3], ["XXX", "ALA", "AST"][(n / 3) as usize % 3]);
+        let bic = format!("TEST{}{}", ["KZKA", "KZKB", "KZKC"][n as usize % 3], ["XXX", "ALA", "AST"][(n / 3) as usize % 3]);
         let op = if n % 2 == 0 { "INSERT" } else { "UPDATE" };
         let v = json!({"meta": {"code": "BANK_SWIFT_DETAIL", "operation": op, "ts": format!("2026-11-30T11:{:02}:{:02}+05:00", (n / 60) % 60, n % 60)},
             "payload": {"bic": bic, "bankName": format!("Example Bank {n} JSC"), "countryCode": "KZ", "city": "Almaty", "address": "1 Example Ave", "active": n % 5 != 0}});

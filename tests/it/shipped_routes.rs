@@ -56,6 +56,7 @@ async fn shipped_routes_deliver_every_contract_row_exactly() {
         colvir(&colvir_topic, None, unknown),
         colvir(&fea_topic, None, other_fea),
         record(&colvir_topic, None, b"not json at all"),
+        colvir(&colvir_topic, Some("5567000001"), r#"{"meta": {"code": "DOC_STATUS", "ts": "2026-11-30T11:05:00+05:00"}, "payload": {"ordId": "5567000001", "status": "BOGUS"}}"#),
     ];
     // Plus a realistic bulk of every kind.
     let mut traffic = vedgate::tools::traffic::Traffic::new(7, &colvir_topic, &fea_topic);
@@ -167,11 +168,23 @@ async fn shipped_routes_deliver_every_contract_row_exactly() {
     // Counted: unmatched and invalid messages were skipped, not delivered.
     let skipped = gw.metrics.get(vedgate::metrics::MESSAGES_TOTAL, &[("group", "notification-dbp-foreign-contracts-sink"), ("route", vedgate::metrics::UNMATCHED_ROUTE), ("outcome", "skipped")]);
     assert!(skipped > 0);
+    // A DOC_STATUS failing its schema is dead-lettered with the failing path, not written.
+    let dlq = "connect-dbp-international-transfers-sink.dlq";
+    let got = read_topic(dlq, Duration::from_secs(20), |rs| rs.iter().any(|r| r.headers.get("vedgate-original-topic") == Some(&colvir_topic) && r.headers["vedgate-error-class"] == "schema" && r.headers["vedgate-route"] == "doc-status"));
+    let dl = got.iter().find(|r| r.headers.get("vedgate-original-topic") == Some(&colvir_topic) && r.headers["vedgate-error-class"] == "schema" && r.headers["vedgate-route"] == "doc-status").expect("schema dead letter");
+    let ours: Vec<_> = got.iter().filter(|r| r.headers.get("vedgate-original-topic") == Some(&colvir_topic)).collect();
+    assert!(ours.iter().all(|r| r.headers["vedgate-route"] == "doc-status" || r.headers["vedgate-route"] == "_invalid"), "only the bad messages are dead-lettered: {ours:?}");
+    assert!(dl.headers["vedgate-error-reason"].contains("/payload/status"), "{}", dl.headers["vedgate-error-reason"]);
+    assert_eq!(dl.headers["vedgate-route"], "doc-status");
+    let n: i64 = db.query_one("SELECT count(*) FROM transfer_document_status WHERE ord_id = '5567000001'", &[]).await.unwrap().get(0);
+    assert_eq!(n, 0);
+
     // The message that is not JSON went to each colvir group's dead-letter topic, bytes intact.
     for g in groups_colvir {
         let dlq = format!("{g}.dlq");
-        let got = read_topic(&dlq, Duration::from_secs(20), |rs| rs.iter().any(|r| r.headers.get("vedgate-original-topic") == Some(&colvir_topic)));
-        let dl = got.iter().find(|r| r.headers.get("vedgate-original-topic") == Some(&colvir_topic)).expect("dead letter");
+        let invalid = |r: &ReadBack| r.headers.get("vedgate-original-topic") == Some(&colvir_topic) && r.headers["vedgate-error-class"] == "invalid-message";
+        let got = read_topic(&dlq, Duration::from_secs(20), |rs| rs.iter().any(invalid));
+        let dl = got.iter().find(|r| invalid(r)).expect("dead letter");
         assert_eq!(dl.value.as_deref(), Some(&b"not json at all"[..]));
         assert_eq!(dl.headers["vedgate-error-class"], "invalid-message");
         assert_eq!(dl.headers["vedgate-group"], g);
