@@ -158,6 +158,11 @@ fn run(args: &ConfigArgs) -> ExitCode {
             tokio::time::sleep(grace).await;
             tracing::warn!("grace period ran out; cutting remaining deliveries short");
             s.abort.cancel();
+            // Last resort: offsets are only ever stored for finished messages,
+            // so leaving now loses nothing; it only means redelivery.
+            tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+            tracing::warn!("shutdown did not finish in time; exiting (unfinished messages will be redelivered)");
+            std::process::exit(0);
         });
         vedgate::gateway::run(cfg, Arc::new(vedgate::metrics::Metrics::default()), shutdown).await
     });

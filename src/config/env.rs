@@ -28,6 +28,11 @@ impl Env {
         self.vars.get(key).map(String::as_str).filter(|v| !v.is_empty())
     }
 
+    /// A variable's value even when empty (an empty value can mean "off").
+    pub fn raw(&self, key: &str) -> Option<&str> {
+        self.vars.get(key).map(String::as_str)
+    }
+
     /// Expands `${VAR}` and `${VAR:-default}` in `input`. `$${` is a literal `${`.
     /// Other `$` characters (JSONPaths such as `$.payload`) are left alone.
     pub fn expand(&self, input: &str) -> Result<String, ExpandError> {

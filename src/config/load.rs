@@ -177,15 +177,16 @@ fn gateway_settings(src: &SourceFile, raw: &RawGateway, opts: &LoadOptions, diag
     if let Some(v) = positive(src, &d.http_timeout_ms, "http_timeout_ms", diags) {
         s.http_timeout = ms(v);
     }
-    if let Some(addr) = &d.admin_addr {
-        let text = opts.env.get("VEDGATE_ADMIN_ADDR").unwrap_or(addr.get_ref());
-        s.admin_addr = if text.is_empty() {
+    let admin_span = d.admin_addr.as_ref().map(|a| a.span());
+    let admin_text = opts.env.raw("VEDGATE_ADMIN_ADDR").or(d.admin_addr.as_ref().map(|a| a.get_ref().as_str()));
+    if let Some(text) = admin_text {
+        s.admin_addr = if text.trim().is_empty() {
             None
         } else {
-            match text.parse() {
+            match text.trim().parse() {
                 Ok(a) => Some(a),
                 Err(_) => {
-                    diags.push(src.error(span(addr), format!("admin_addr {text:?} is not an address like 127.0.0.1:9898")));
+                    diags.push(src.error(admin_span, format!("admin address {text:?} is not an address like 127.0.0.1:9898")));
                     None
                 }
             }

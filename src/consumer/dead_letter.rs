@@ -4,7 +4,9 @@
 use std::time::Duration;
 
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::FutureRecord;
+
+use super::DeadLetterProducer;
 
 use crate::shape::RecordMeta;
 
@@ -43,11 +45,11 @@ pub struct DeadLetter<'a> {
 #[derive(Clone)]
 pub struct DeadLetterWriter {
     pub topic: String,
-    producer: FutureProducer,
+    producer: DeadLetterProducer,
 }
 
 impl DeadLetterWriter {
-    pub fn new(topic: String, producer: FutureProducer) -> Self {
+    pub fn new(topic: String, producer: DeadLetterProducer) -> Self {
         DeadLetterWriter { topic, producer }
     }
 

@@ -208,6 +208,12 @@ async fn deliver_checked(shared: &Shared, job: &Job, route_idx: usize, value: &s
     let mut blocked: Option<Arc<std::sync::atomic::AtomicI64>> = None;
     loop {
         attempt += 1;
+        if attempt > 1 && !shared.owns(job) {
+            // Revoked while retrying: the new owner delivers it; sending it
+            // again from here would arrive late and out of order.
+            tracing::info!(group = %sub.group, route = %route.name, partition = job.meta.partition, offset = job.meta.offset, "partition revoked during retries; message left to its new owner");
+            return false;
+        }
         let result = match &request {
             Ok(req) => {
                 let _slot = shared.slots.acquire().await;
@@ -291,6 +297,9 @@ async fn dead_letter(shared: &Shared, job: &Job, route: &str, class: ErrorClass,
     let settings = &shared.config.settings;
     let mut backoff = Backoff::new(settings.retry_initial_delay, settings.retry_max_delay);
     loop {
+        if !shared.owns(job) {
+            return DeadLetterResult::Stopped;
+        }
         match writer.write(&letter).await {
             Ok(()) => {
                 tracing::error!(group = %sub.group, %route, partition = job.meta.partition, offset = job.meta.offset, class = class.as_str(), attempts, %reason, dead_letter_topic = %writer.topic, "message dead-lettered");

@@ -50,15 +50,17 @@ pub fn client_config(kafka: &KafkaSettings) -> ClientConfig {
 }
 
 /// The producer of dead letters: acknowledged by all in-sync replicas, idempotent.
-pub fn dead_letter_producer(kafka: &KafkaSettings) -> Result<rdkafka::producer::FutureProducer, KafkaError> {
+pub fn dead_letter_producer(kafka: &KafkaSettings) -> Result<DeadLetterProducer, KafkaError> {
     client_config(kafka)
         .set("client.id", "vedgate-dead-letters")
         .set("acks", "all")
         .set("enable.idempotence", "true")
         .set("linger.ms", "5")
         .set("message.timeout.ms", "30000")
-        .create()
+        .create_with_context(QuietContext::new("dead-letter producer"))
 }
+
+pub type DeadLetterProducer = rdkafka::producer::FutureProducer<QuietContext>;
 
 /// librdkafka properties for a consumer of `group`.
 pub fn consumer_config(kafka: &KafkaSettings, settings: &Settings, group: &str) -> ClientConfig {
@@ -89,9 +91,65 @@ pub struct CoreContext {
     tracker: Arc<Mutex<OffsetTracker>>,
     /// Set once the group has given this consumer an assignment.
     joined: Arc<std::sync::atomic::AtomicBool>,
+    quiet: QuietContext,
 }
 
-impl ClientContext for CoreContext {}
+impl ClientContext for CoreContext {
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, message: &str) {
+        self.quiet.log(level, fac, message);
+    }
+    fn error(&self, error: KafkaError, reason: &str) {
+        self.quiet.error(error, reason);
+    }
+}
+
+/// librdkafka repeats the same error (all brokers down) many times a
+/// second: say each distinct error once per 30 s.
+pub struct QuietContext {
+    label: String,
+    last: Mutex<Option<(String, Instant)>>,
+}
+
+impl QuietContext {
+    pub fn new(label: impl Into<String>) -> Self {
+        QuietContext { label: label.into(), last: Mutex::new(None) }
+    }
+
+    fn say(&self, text: String) {
+        let mut last = lock(&self.last);
+        if last.as_ref().is_some_and(|(t, at)| *t == text && at.elapsed() < Duration::from_secs(30)) {
+            return;
+        }
+        if text.contains("AllBrokersDown") || text.contains("brokers are down") {
+            tracing::warn!(client = %self.label, error = %text, "Kafka brokers are down or unreachable; still trying");
+        } else {
+            tracing::warn!(client = %self.label, error = %text, "Kafka client error; still trying");
+        }
+        *last = Some((text, Instant::now()));
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        self.say(format!("{error}: {reason}"));
+    }
+
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, message: &str) {
+        use rdkafka::config::RDKafkaLogLevel as L;
+        match level {
+            L::Emerg | L::Alert | L::Critical | L::Error => self.say(format!("{fac}: {message}")),
+            L::Warning | L::Notice => tracing::debug!(client = %self.label, fac, "{message}"),
+            L::Info | L::Debug => tracing::trace!(client = %self.label, fac, "{message}"),
+        }
+    }
+}
+
+impl ClientContext for QuietContext {
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, message: &str) {
+        QuietContext::log(self, level, fac, message);
+    }
+    fn error(&self, error: KafkaError, reason: &str) {
+        QuietContext::error(self, error, reason);
+    }
+}
 
 impl ConsumerContext for CoreContext {
     fn pre_rebalance(&self, _c: &rdkafka::consumer::BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
@@ -172,6 +230,11 @@ impl Shared {
         &self.config.subscriptions[self.sub]
     }
 
+    /// Whether the job's partition is still assigned as it was when the job was read.
+    fn owns(&self, job: &Job) -> bool {
+        lock(&self.tracker).generation(job.meta.partition) == Some(job.generation)
+    }
+
     /// Marks a message final and stores the offset when the finished prefix grew.
     fn finish(&self, meta: &RecordMeta, generation: u64) {
         let store = lock(&self.tracker).finish(meta.partition, meta.offset, generation);
@@ -191,12 +254,12 @@ pub async fn run_subscription(
     metrics: Arc<Metrics>,
     shutdown: Shutdown,
     joined: Arc<std::sync::atomic::AtomicBool>,
-    producer: Option<rdkafka::producer::FutureProducer>,
+    producer: Option<DeadLetterProducer>,
 ) -> Result<(), KafkaError> {
     let s = &config.subscriptions[sub];
     let (topic, group) = (s.topic.clone(), s.group.clone());
     let tracker = Arc::new(Mutex::new(OffsetTracker::default()));
-    let context = CoreContext { group: group.clone(), tracker: tracker.clone(), joined };
+    let context = CoreContext { group: group.clone(), tracker: tracker.clone(), joined, quiet: QuietContext::new(format!("consumer {group}")) };
     let consumer: CoreConsumer = consumer_config(&config.kafka, &config.settings, &group).create_with_context(context)?;
     consumer.subscribe(&[&topic])?;
     let consumer = Arc::new(consumer);
@@ -204,10 +267,24 @@ pub async fn run_subscription(
 
     let dead_letters = match (&s.dead_letter_topic, producer) {
         (Some(t), Some(p)) => {
-            // Auto-creation is off on the broker: the gateway creates its dead-letter topics.
-            if let Err(e) = crate::tools::create_topics_with(client_config(&config.kafka), &[(t.as_str(), 1)]).await {
-                tracing::warn!(topic = %t, error = %e, "cannot create the dead-letter topic yet; dead-letter writes retry until it exists");
-            }
+            // Auto-creation is off on the broker: the gateway creates its dead-letter
+            // topics, in the background so a broker that is down does not hold the start.
+            let (topic_name, kafka, stop) = (t.clone(), config.kafka.clone(), shutdown.stop.clone());
+            tokio::spawn(async move {
+                let mut delay = Duration::from_millis(500);
+                loop {
+                    let list = [(topic_name.as_str(), 1)];
+                    let create = crate::tools::create_topics_with(client_config(&kafka), &list);
+                    let r = tokio::select! { _ = stop.cancelled() => return, r = tokio::time::timeout(Duration::from_secs(30), create) => r };
+                    match r {
+                        Ok(Ok(())) => return,
+                        Ok(Err(e)) => tracing::warn!(topic = %topic_name, error = %e, "cannot create the dead-letter topic yet; retrying"),
+                        Err(_) => tracing::warn!(topic = %topic_name, "dead-letter topic creation timed out; retrying"),
+                    }
+                    tokio::select! { _ = stop.cancelled() => return, _ = tokio::time::sleep(delay) => {} }
+                    delay = (delay * 2).min(Duration::from_secs(30));
+                }
+            });
             Some(DeadLetterWriter::new(t.clone(), p))
         }
         _ => None,

@@ -35,7 +35,7 @@ impl Decimal {
         let mut all = format!("{int}{frac}");
         let mut scale = frac.len() as i64 - exp;
         if scale < 0 {
-            if scale < -100_000 {
+            if scale < -200_000 {
                 return None;
             }
             all.extend(std::iter::repeat('0').take((-scale) as usize));
@@ -49,7 +49,12 @@ impl Decimal {
     }
 
     /// PostgreSQL `numeric` binary representation (base 10000 digit groups).
-    pub fn to_pg_numeric(&self) -> Vec<u8> {
+    /// `None` when PostgreSQL's `numeric` cannot hold the value (more than
+    /// 131072 digits before the point or 16383 after).
+    pub fn to_pg_numeric(&self) -> Option<Vec<u8>> {
+        if self.scale > 16383 || self.digits.len().saturating_sub(self.scale as usize) > 131_072 {
+            return None;
+        }
         let scale = self.scale as usize;
         // Split into integer and fraction digit strings.
         let (int, frac) = if self.digits.len() > scale {
@@ -86,7 +91,7 @@ impl Decimal {
         for g in groups {
             out.extend_from_slice(&g.to_be_bytes());
         }
-        out
+        Some(out)
     }
 }
 
@@ -113,11 +118,11 @@ mod tests {
     #[test]
     fn encodes_pg_numeric() {
         // 1250000.00 = groups [125, 0] weight 1, dscale 2
-        assert_eq!(d("1250000.00").to_pg_numeric(), vec![0, 1, 0, 1, 0, 0, 0, 2, 0, 125]);
+        assert_eq!(d("1250000.00").to_pg_numeric().unwrap(), vec![0, 1, 0, 1, 0, 0, 0, 2, 0, 125]);
         // 0.0001 = group [1] weight -1
-        assert_eq!(d("0.0001").to_pg_numeric(), vec![0, 1, 0xff, 0xff, 0, 0, 0, 4, 0, 1]);
+        assert_eq!(d("0.0001").to_pg_numeric().unwrap(), vec![0, 1, 0xff, 0xff, 0, 0, 0, 4, 0, 1]);
         // -512.35 = [512, 3500] weight 0, negative, dscale 2
-        assert_eq!(d("-512.35").to_pg_numeric(), vec![0, 2, 0, 0, 0x40, 0, 0, 2, 0x02, 0x00, 0x0d, 0xac]);
-        assert_eq!(d("0").to_pg_numeric(), vec![0, 0, 0, 0, 0, 0, 0, 0]);
+        assert_eq!(d("-512.35").to_pg_numeric().unwrap(), vec![0, 2, 0, 0, 0x40, 0, 0, 2, 0x02, 0x00, 0x0d, 0xac]);
+        assert_eq!(d("0").to_pg_numeric().unwrap(), vec![0, 0, 0, 0, 0, 0, 0, 0]);
     }
 }

@@ -26,6 +26,8 @@ pub enum ShapeError {
     MissingUrlValue(String),
     #[error("URL placeholder {{{0}}} selects a {1}, not a scalar")]
     NonScalarUrlValue(String, &'static str),
+    #[error("URL placeholder {{{0}}} is {1:?}, which would change the URL's path")]
+    UnsafeUrlValue(String, String),
     #[error("body selector {0} selects nothing in the message")]
     MissingBody(String),
     #[error("for_each {0} selects no array in the message")]
@@ -115,6 +117,11 @@ impl PathTemplate {
                         Some(Value::Array(_)) => return Err(ShapeError::NonScalarUrlValue(name.clone(), "array")),
                         Some(Value::Object(_)) => return Err(ShapeError::NonScalarUrlValue(name.clone(), "object")),
                     };
+                    // "", "." and ".." would be resolved by the URL parser (even
+                    // percent-encoded) and send the request somewhere else.
+                    if text.is_empty() || text == "." || text == ".." || text.eq_ignore_ascii_case("%2e") || text.eq_ignore_ascii_case("%2e%2e") {
+                        return Err(ShapeError::UnsafeUrlValue(name.clone(), text));
+                    }
                     out.extend(utf8_percent_encode(&text, PATH_SEGMENT));
                 }
             }
@@ -246,6 +253,10 @@ mod tests {
             "/internal/rework-requests/RR%202026%2F00%201%3F%23%25%C3%A4/status"
         );
         assert_eq!(t.render(&json!({}), &meta()), Err(ShapeError::MissingUrlValue("$.payload.id".into())));
+        for bad in ["", ".", ".."] {
+            assert!(matches!(t.render(&json!({"payload": {"id": bad}}), &meta()), Err(ShapeError::UnsafeUrlValue(..))), "{bad:?}");
+        }
+        assert_eq!(t.render(&json!({"payload": {"id": "a..b"}}), &meta()).unwrap(), "/internal/rework-requests/a..b/status");
         assert!(PathTemplate::parse("/a/{$.x").is_err());
         assert!(PathTemplate::parse("/a/{nope}").is_err());
     }

@@ -22,7 +22,13 @@ pub struct SqlSink {
 
 impl SqlSink {
     pub fn new(url: &str, pool_size: usize) -> Result<Self, String> {
-        let pg = tokio_postgres::Config::from_str(url).map_err(|e| format!("invalid PostgreSQL URL: {e}"))?;
+        let mut pg = tokio_postgres::Config::from_str(url).map_err(|e| format!("invalid PostgreSQL URL: {e}"))?;
+        if pg.get_options().is_none() {
+            // A locked table must not hold a delivery forever: the statement is
+            // cancelled (57014) and retried.
+            pg.options("-c statement_timeout=30000");
+        }
+        pg.connect_timeout(std::time::Duration::from_secs(5));
         let mgr = Manager::from_config(pg, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
         let pool = Pool::builder(mgr)
             .max_size(pool_size)
@@ -70,7 +76,7 @@ fn classify(e: &tokio_postgres::Error) -> DeliveryError {
     let Some(code) = e.code().map(|c| c.code()) else {
         return DeliveryError::retryable(reason);
     };
-    let retryable = code.starts_with("08") || code == "40001" || code == "40P01" || code.starts_with("53") || code.starts_with("57P");
+    let retryable = code.starts_with("08") || code == "40001" || code == "40P01" || code.starts_with("53") || code.starts_with("57P") || code == "57014";
     if retryable {
         DeliveryError::retryable(reason)
     } else {
@@ -124,7 +130,8 @@ impl PgValue {
                     Value::Number(n) => n.to_string(),
                     other => return Err(format!("{} is not a decimal", kind(other))),
                 };
-                PgValue::Numeric(Decimal::parse(&t).ok_or_else(|| format!("{t:?} is not a decimal"))?.to_pg_numeric())
+                let d = Decimal::parse(&t).ok_or_else(|| format!("{t:?} is not a decimal"))?;
+                PgValue::Numeric(d.to_pg_numeric().ok_or_else(|| format!("{t:?} is out of range for numeric"))?)
             }
             Type::TIMESTAMPTZ => PgValue::Timestamptz(parse_timestamptz(&scalar_text()?)?),
             Type::TIMESTAMP => PgValue::Timestamp(parse_timestamptz(&scalar_text()?)?.naive_utc()),
@@ -219,8 +226,8 @@ mod tests {
     #[test]
     fn converts_by_column_type() {
         let n: Value = serde_json::from_str("98765432109876543.21").unwrap();
-        assert_eq!(PgValue::convert(&n, &Type::NUMERIC).unwrap(), PgValue::Numeric(Decimal::parse("98765432109876543.21").unwrap().to_pg_numeric()));
-        assert_eq!(PgValue::convert(&Value::String("512.35".into()), &Type::NUMERIC).unwrap(), PgValue::Numeric(Decimal::parse("512.35").unwrap().to_pg_numeric()));
+        assert_eq!(PgValue::convert(&n, &Type::NUMERIC).unwrap(), PgValue::Numeric(Decimal::parse("98765432109876543.21").unwrap().to_pg_numeric().unwrap()));
+        assert_eq!(PgValue::convert(&Value::String("512.35".into()), &Type::NUMERIC).unwrap(), PgValue::Numeric(Decimal::parse("512.35").unwrap().to_pg_numeric().unwrap()));
         assert!(PgValue::convert(&Value::String("abc".into()), &Type::NUMERIC).is_err());
         assert_eq!(PgValue::convert(&Value::Null, &Type::NUMERIC).unwrap(), PgValue::Null);
         let ts = PgValue::convert(&Value::String("2026-11-30T09:00:00+05:00".into()), &Type::TIMESTAMPTZ).unwrap();

@@ -6,7 +6,6 @@ pub mod traffic;
 use std::time::Duration;
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::error::KafkaError;
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -21,7 +20,7 @@ pub async fn create_topics(brokers: &str, topics: &[(&str, i32)]) -> Result<(), 
 
 /// [`create_topics`] with a full client configuration (security settings).
 pub async fn create_topics_with(config: ClientConfig, topics: &[(&str, i32)]) -> Result<(), KafkaError> {
-    let admin: AdminClient<DefaultClientContext> = config.create()?;
+    let admin: AdminClient<crate::consumer::QuietContext> = config.create_with_context(crate::consumer::QuietContext::new("admin"))?;
     let new: Vec<NewTopic> = topics.iter().map(|(name, parts)| NewTopic::new(name, *parts, TopicReplication::Fixed(1))).collect();
     let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(20)));
     for r in admin.create_topics(new.iter(), &opts).await? {

@@ -132,3 +132,50 @@ async fn sigkill_during_a_stalled_delivery_redelivers_it_after_restart() {
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     assert!(child.wait().unwrap().success());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rebalances_lose_nothing_and_committed_offsets_never_move_backwards() {
+    let topic = unique("rebalance");
+    let group = unique("g-rebalance");
+    create_topic(&topic, 6).await;
+    let rx = Receiver::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let routes = http_routes(dir.path(), &topic, &group, &rx.url);
+    let config = test_gateway_toml(dir.path());
+
+    // Watch the committed offsets all along: they must only grow.
+    let stop_watch = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (t, g, sw) = (topic.clone(), group.clone(), stop_watch.clone());
+    let watcher = tokio::task::spawn_blocking(move || {
+        let mut last = vec![-1001i64; 6];
+        while !sw.load(std::sync::atomic::Ordering::Relaxed) {
+            let now = committed(&g, &t, 6);
+            for p in 0..6 {
+                assert!(now[p] >= last[p], "partition {p}: committed offset moved back from {} to {}", last[p], now[p]);
+            }
+            last = now;
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    });
+
+    produce(&msgs(&topic, 0, 300)).await;
+    let a = Gateway::start(&config, &routes, base_env());
+    wait_until("some delivered by A", Duration::from_secs(30), || rx.count() >= 50).await;
+    let b = Gateway::start(&config, &routes, base_env());
+    produce(&msgs(&topic, 300, 600)).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    a.stop().await; // revokes A's partitions; B takes them over at the committed offsets
+    produce(&msgs(&topic, 600, 700)).await;
+    wait_until("all 700 delivered", Duration::from_secs(60), || {
+        let got: std::collections::HashSet<String> = ids(&rx).into_iter().collect();
+        got.len() == 700
+    })
+    .await;
+    let end = end_offsets(&topic, 6);
+    wait_until("committed to the end", Duration::from_secs(20), || committed(&group, &topic, 6) == end).await;
+    b.stop().await;
+    stop_watch.store(true, std::sync::atomic::Ordering::Relaxed);
+    watcher.await.unwrap();
+    let dups = rx.count() - 700;
+    assert!(dups <= 50, "{dups} redeliveries across two rebalances");
+}

@@ -249,6 +249,35 @@ impl Gateway {
     }
 }
 
+/// The gateway binary as a child process, its log in `log`.
+pub fn spawn_binary_logged(config: &Path, routes: &Path, env: &[(&str, String)], log: &Path) -> std::process::Child {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_vedgate"));
+    cmd.arg("run").arg("--config").arg(config).arg("--routes").arg(routes).arg("--env").arg("local");
+    cmd.env("BROKERS", brokers()).env("VEDGATE_ADMIN_ADDR", "").env("VEDGATE_LOG", "info");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let f = std::fs::File::create(log).unwrap();
+    cmd.stdout(std::process::Stdio::null()).stderr(f);
+    cmd.spawn().expect("spawn vedgate")
+}
+
+/// Sends SIGTERM and returns the exit status and how long the exit took.
+pub async fn terminate(child: &mut std::process::Child) -> (std::process::ExitStatus, Duration) {
+    let t0 = Instant::now();
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            return (s, t0.elapsed());
+        }
+        if t0.elapsed() > Duration::from_secs(20) {
+            child.kill().unwrap();
+            panic!("gateway ignored SIGTERM for 20 s");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// The gateway binary as a child process.
 pub fn spawn_binary(config: &Path, routes: &Path, env: &[(&str, String)]) -> std::process::Child {
     let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_vedgate"));

@@ -6,3 +6,4 @@ mod delivery;
 mod harness;
 mod poison;
 mod shipped_routes;
+mod shutdown;
