@@ -46,6 +46,36 @@ enum Command {
         #[arg(long)]
         deny_warnings: bool,
     },
+    /// Show which route takes each message and the exact request, with no I/O.
+    DryRun {
+        #[command(flatten)]
+        args: ConfigArgs,
+        /// Topic the messages come from.
+        #[arg(long)]
+        topic: String,
+        /// Only this consumer group (default: every group reading the topic).
+        #[arg(long)]
+        group: Option<String>,
+        /// The whole input is one message (default: one message per line).
+        #[arg(long)]
+        raw: bool,
+        /// Indented output for people.
+        #[arg(long)]
+        pretty: bool,
+        /// Kafka key given to every message.
+        #[arg(long)]
+        key: Option<String>,
+        /// Messages: a file, or - for standard input.
+        #[arg(default_value = "-")]
+        input: PathBuf,
+    },
+    /// Run the route test cases (default: ROUTES/tests/*.toml).
+    Test {
+        #[command(flatten)]
+        args: ConfigArgs,
+        /// A case file or a directory of them.
+        path: Option<PathBuf>,
+    },
     /// Create topics that do not exist yet (auto-creation is off on the broker).
     Topics {
         /// Broker list; defaults to the profile's brokers.
@@ -65,6 +95,8 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Validate { args, deny_warnings } => validate(&args, deny_warnings),
         Command::Run(args) => run(&args),
+        Command::Test { args, path } => route_tests(&args, path),
+        Command::DryRun { args, topic, group, raw, pretty, key, input } => dry_run(&args, &topic, group.as_deref(), raw, pretty, key, &input),
         Command::Topics { brokers, partitions, topics } => {
             let rt = runtime();
             let list: Vec<(&str, i32)> = topics.iter().map(|t| (t.as_str(), partitions)).collect();
@@ -131,6 +163,77 @@ fn validate(args: &ConfigArgs, deny_warnings: bool) -> ExitCode {
             eprintln!("{} error(s)", diags.errors().count());
             ExitCode::from(EXIT_CONFIG)
         }
+    }
+}
+
+fn dry_run(args: &ConfigArgs, topic: &str, group: Option<&str>, raw: bool, pretty: bool, key: Option<String>, input: &std::path::Path) -> ExitCode {
+    let cfg = match load(args) {
+        Ok((cfg, _)) => cfg,
+        Err(diags) => {
+            eprint!("{diags}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    if !cfg.subscriptions.iter().any(|s| s.topic == topic && group.is_none_or(|g| g == s.group)) {
+        eprintln!("error: no subscription reads topic {topic:?}{}", group.map(|g| format!(" in group {g:?}")).unwrap_or_default());
+        return ExitCode::from(EXIT_CONFIG);
+    }
+    let data = if input.as_os_str() == "-" {
+        let mut b = Vec::new();
+        if let Err(e) = std::io::Read::read_to_end(&mut std::io::stdin(), &mut b) {
+            eprintln!("error: reading standard input: {e}");
+            return ExitCode::FAILURE;
+        }
+        b
+    } else {
+        match std::fs::read(input) {
+            Ok(b) => b,
+            Err(e) => {
+                eprintln!("error: {}: {e}", input.display());
+                return ExitCode::FAILURE;
+            }
+        }
+    };
+    let messages: Vec<&[u8]> = if raw {
+        vec![&data[..]]
+    } else {
+        data.split(|b| *b == b'\n').filter(|l| !l.iter().all(u8::is_ascii_whitespace)).collect()
+    };
+    for (i, m) in messages.iter().enumerate() {
+        let meta = vedgate::shape::RecordMeta { topic: topic.to_string(), partition: 0, offset: i as i64, key: key.clone().map(String::into_bytes), timestamp_ms: None, traceparent: None };
+        for v in vedgate::dryrun::evaluate(&cfg, topic, group, m, &meta) {
+            let j = vedgate::dryrun::to_json(&v);
+            let line = if pretty { serde_json::to_string_pretty(&j) } else { serde_json::to_string(&j) };
+            println!("{}", line.unwrap_or_default());
+        }
+    }
+    ExitCode::SUCCESS
+}
+
+fn route_tests(args: &ConfigArgs, path: Option<PathBuf>) -> ExitCode {
+    let cfg = match load(args) {
+        Ok((cfg, _)) => cfg,
+        Err(diags) => {
+            eprint!("{diags}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let base = if args.routes.is_dir() { args.routes.clone() } else { args.routes.parent().map(|p| p.to_path_buf()).unwrap_or_default() };
+    let path = path.unwrap_or_else(|| base.join("tests"));
+    let files = vedgate::routetest::case_files(&path);
+    if files.is_empty() {
+        eprintln!("error: no test case files in {}", path.display());
+        return ExitCode::FAILURE;
+    }
+    let report = vedgate::routetest::run(&cfg, &files);
+    for f in &report.failed {
+        println!("FAILED {f}");
+    }
+    println!("{} passed, {} failed ({} file(s))", report.passed, report.failed.len(), files.len());
+    if report.failed.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
     }
 }
 

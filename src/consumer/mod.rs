@@ -351,6 +351,7 @@ pub async fn run_subscription(
             offset: m.offset(),
             key: m.key().map(<[u8]>::to_vec),
             timestamp_ms: m.timestamp().to_millis(),
+            traceparent: traceparent(&m),
         };
         let Some(generation) = lock(&tracker).begin(meta.partition, meta.offset) else {
             continue; // already read in this assignment (re-fetch after a pause)
@@ -412,6 +413,15 @@ pub async fn run_subscription(
     }
     drop(shared);
     Ok(())
+}
+
+/// A valid-looking W3C `traceparent` header of the record, if any.
+fn traceparent(m: &rdkafka::message::BorrowedMessage<'_>) -> Option<String> {
+    use rdkafka::message::Headers;
+    let h = m.headers()?;
+    let v = h.iter().find(|x| x.key.eq_ignore_ascii_case("traceparent"))?.value?;
+    let s = std::str::from_utf8(v).ok()?.trim();
+    (s.len() == 55 && s.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-')).then(|| s.to_string())
 }
 
 /// The watchdog: partitions holding unfinished messages without progress.

@@ -214,6 +214,9 @@ impl HttpShape {
             headers.push(("X-Kafka-Key".to_string(), header_safe(&k)));
         }
         headers.push(("Idempotency-Key".to_string(), meta.idempotency_key()));
+        if let Some(tp) = &meta.traceparent {
+            headers.push(("traceparent".to_string(), tp.clone()));
+        }
         Ok(HttpRequest { method: self.method.clone(), url, headers, body })
     }
 }
@@ -241,7 +244,7 @@ mod tests {
     use serde_json::json;
 
     fn meta() -> RecordMeta {
-        RecordMeta { topic: "t".into(), partition: 2, offset: 41, key: Some(b"RR/1".to_vec()), timestamp_ms: Some(0) }
+        RecordMeta { topic: "t".into(), partition: 2, offset: 41, key: Some(b"RR/1".to_vec()), timestamp_ms: Some(0), traceparent: None }
     }
 
     #[test]

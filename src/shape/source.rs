@@ -14,6 +14,8 @@ pub struct RecordMeta {
     pub key: Option<Vec<u8>>,
     /// Milliseconds since the epoch, when the record has a timestamp.
     pub timestamp_ms: Option<i64>,
+    /// W3C `traceparent` from the record's headers, passed on to HTTP sinks.
+    pub traceparent: Option<String>,
 }
 
 impl RecordMeta {

@@ -155,7 +155,7 @@ mod tests {
             params: vec![Source::parse("@.c").unwrap(), Source::parse("$.id").unwrap()],
             for_each: Some(JsonPath::parse("$.rates").unwrap()),
         };
-        let meta = RecordMeta { topic: "t".into(), partition: 0, offset: 0, key: None, timestamp_ms: None };
+        let meta = RecordMeta { topic: "t".into(), partition: 0, offset: 0, key: None, timestamp_ms: None, traceparent: None };
         let r = shape.shape(&json!({"id": 7, "rates": [{"c": "USD"}, {}]}), &meta).unwrap();
         assert_eq!(r.rows, vec![vec![json!("USD"), json!(7)], vec![Value::Null, json!(7)]]);
         assert!(shape.shape(&json!({"rates": "x"}), &meta).is_err());

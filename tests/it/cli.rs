@@ -109,3 +109,44 @@ fn every_example_in_docs_routes_md_parses() {
         }
     }
 }
+
+#[test]
+fn dry_run_prints_the_exact_request_without_io() {
+    let root = repo();
+    let msg = r#"{"operation": "foreign-contract-rework-request-update-status", "payload": {"reworkRequestId": "RR/2026 1", "status": "COMPLETED", "comment": "ok", "updatedAt": "2026-11-30T12:00:00+05:00"}}"#;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_vedgate"))
+        .args(["dry-run", "--config", root.join("gateway.toml").to_str().unwrap(), "--routes", root.join("routes").to_str().unwrap(), "--topic", "bcc.business.fea.process.events", "-"])
+        .env("VED_FOREIGN_CONTRACTS_URL", "http://127.0.0.1:1")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child.stdin.take().unwrap().write_all(format!("{msg}\nnot json\n").as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let lines: Vec<serde_json::Value> = String::from_utf8(out.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), 2);
+    assert_eq!(lines[0]["group"], "dbp-foreign-contract-process");
+    assert_eq!(lines[0]["route"], "rework-request-status");
+    assert_eq!(lines[0]["request"]["method"], "PUT");
+    assert_eq!(lines[0]["request"]["url"], "http://127.0.0.1:1/internal/rework-requests/RR%2F2026%201/status");
+    assert_eq!(lines[0]["request"]["body"], r#"{"status":"COMPLETED","comment":"ok","updatedAt":"2026-11-30T12:00:00+05:00"}"#);
+    assert_eq!(lines[1]["route"], serde_json::Value::Null);
+    assert!(lines[1]["reason"].as_str().unwrap().starts_with("invalid-message"));
+}
+
+#[test]
+fn route_test_cases_pass_and_a_wrong_expectation_fails() {
+    let root = repo();
+    let (c, r) = (root.join("gateway.toml"), root.join("routes"));
+    let (code, out) = vedgate(&["test", "--config", c.to_str().unwrap(), "--routes", r.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains(" 0 failed"), "{out}");
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "[[case]]\nname = \"wrong route\"\ntopic = \"kz-bcc-colvir\"\ngroup = \"connect-dbp-international-transfers-sink\"\nmessage = '{\"meta\": {\"code\": \"DOC_STATUS\"}, \"payload\": {\"ordId\": \"1\", \"status\": \"EXECUTED\"}}'\nroute = \"bank-swift-detail\"\n").unwrap();
+    let (code, out) = vedgate(&["test", "--config", c.to_str().unwrap(), "--routes", r.to_str().unwrap(), bad.to_str().unwrap()]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("FAILED") && out.contains("expected \"bank-swift-detail\", got \"doc-status\""), "{out}");
+}
