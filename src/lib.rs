@@ -5,6 +5,7 @@
 //! every route file, delivers at least once and commits only what is final.
 //!
 //! Module map:
+//! - [`check`]: deploy preflight and group inspection against the cluster.
 //! - [`config`]: `gateway.toml` and route files: serde model, environment
 //!   expansion, checks with `path:line:col` diagnostics, compiled routes.
 //! - [`routing`]: compiled JSONPaths and the per-subscription route table
@@ -22,6 +23,7 @@
 //! - [`metrics`]: metric names and the Prometheus registry.
 //! - [`tools`]: operator tooling (topic creation, demo traffic).
 
+pub mod check;
 pub mod config;
 pub mod consumer;
 pub mod dryrun;

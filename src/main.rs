@@ -76,6 +76,19 @@ enum Command {
         /// A case file or a directory of them.
         path: Option<PathBuf>,
     },
+    /// Deploy preflight: brokers, topics, groups, committed offsets and lag.
+    Check {
+        #[command(flatten)]
+        args: ConfigArgs,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Taking a group over from a Go service.
+    Migrate {
+        #[command(subcommand)]
+        command: MigrateCommand,
+    },
     /// Create topics that do not exist yet (auto-creation is off on the broker).
     Topics {
         /// Broker list; defaults to the profile's brokers.
@@ -89,12 +102,50 @@ enum Command {
     },
 }
 
+#[derive(Subcommand)]
+enum MigrateCommand {
+    /// The group's state, members, committed offsets and lag per partition.
+    Status {
+        #[command(flatten)]
+        args: ConfigArgs,
+        /// Consumer group.
+        #[arg(long)]
+        group: String,
+        /// Topic (default: the topics the routes read in this group).
+        #[arg(long)]
+        topic: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing(&cli.log_format);
     match cli.command {
         Command::Validate { args, deny_warnings } => validate(&args, deny_warnings),
         Command::Run(args) => run(&args),
+        Command::Migrate { command: MigrateCommand::Status { args, group, topic, json } } => migrate_status(&args, &group, topic, json),
+        Command::Check { args, json } => {
+            let cfg = match load(&args) {
+                Ok((cfg, _)) => cfg,
+                Err(diags) => {
+                    eprint!("{diags}");
+                    return ExitCode::from(EXIT_CONFIG);
+                }
+            };
+            let report = vedgate::check::check(&cfg);
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report).unwrap_or_default());
+            } else {
+                print!("{}", vedgate::check::render(&report));
+            }
+            if report.problems.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
         Command::Test { args, path } => route_tests(&args, path),
         Command::DryRun { args, topic, group, raw, pretty, key, input } => dry_run(&args, &topic, group.as_deref(), raw, pretty, key, &input),
         Command::Topics { brokers, partitions, topics } => {
@@ -235,6 +286,46 @@ fn route_tests(args: &ConfigArgs, path: Option<PathBuf>) -> ExitCode {
     } else {
         ExitCode::FAILURE
     }
+}
+
+fn migrate_status(args: &ConfigArgs, group: &str, topic: Option<String>, json: bool) -> ExitCode {
+    let cfg = match load(args) {
+        Ok((cfg, _)) => cfg,
+        Err(diags) => {
+            eprint!("{diags}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let topics: Vec<String> = match topic {
+        Some(t) => vec![t],
+        None => cfg.subscriptions.iter().filter(|s| s.group == group).map(|s| s.topic.clone()).collect(),
+    };
+    if topics.is_empty() {
+        eprintln!("error: no route reads in group {group:?}; name the topic with --topic");
+        return ExitCode::from(EXIT_CONFIG);
+    }
+    let report = vedgate::check::check(&cfg);
+    let Some(bootstrap) = report.brokers.iter().find(|b| b.reachable).map(|b| b.address.clone()) else {
+        eprintln!("error: no broker is reachable: {}", report.problems.join("; "));
+        return ExitCode::FAILURE;
+    };
+    let mut out = Vec::new();
+    for t in &topics {
+        let parts = report.topics.iter().find(|x| &x.topic == t).and_then(|x| x.partitions).unwrap_or_else(|| vedgate::check::partitions(&cfg, &bootstrap, t));
+        out.push(vedgate::check::group_status(&cfg, &bootstrap, group, t, parts));
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
+    } else {
+        for g in &out {
+            print!("{}", vedgate::check::render_group(g));
+            let others: Vec<_> = g.members.iter().filter(|m| !m.client_id.starts_with("vedgate-")).collect();
+            if !others.is_empty() {
+                println!("WARNING {} member(s) other than vedgate are still active in {}: stop them before vedgate takes the group over", others.len(), g.group);
+            }
+        }
+    }
+    ExitCode::SUCCESS
 }
 
 fn run(args: &ConfigArgs) -> ExitCode {

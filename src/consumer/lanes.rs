@@ -226,7 +226,7 @@ async fn deliver_checked(shared: &Shared, job: &Job, route_idx: usize, value: &s
                     }
                     r = sink.deliver(req) => r,
                 };
-                shared.metrics.observe_latency(&sub.group, &route.name, t0.elapsed());
+                counters.sink_latency.observe(t0.elapsed());
                 r
             }
             Err(e) => Err(DeliveryError::permanent(format!("cannot shape the request: {e}"))),
@@ -234,6 +234,9 @@ async fn deliver_checked(shared: &Shared, job: &Job, route_idx: usize, value: &s
         let (class, reason) = match result {
             Ok(()) => {
                 inc(&counters.delivered);
+                if let Some(d) = crate::metrics::since_record(job.meta.timestamp_ms) {
+                    counters.end_to_end.observe(d);
+                }
                 if let Some(b) = blocked {
                     b.fetch_sub(1, Ordering::Relaxed);
                 }

@@ -78,7 +78,8 @@ pub fn consumer_config(kafka: &KafkaSettings, settings: &Settings, group: &str) 
         .set("allow.auto.create.topics", "false")
         .set("topic.metadata.refresh.interval.ms", "10000")
         .set("queued.max.messages.kbytes", "16384")
-        .set("fetch.wait.max.ms", "100");
+        .set("fetch.wait.max.ms", "100")
+        .set("statistics.interval.ms", "5000");
     for (k, v) in &kafka.properties {
         c.set(k, v);
     }
@@ -92,9 +93,37 @@ pub struct CoreContext {
     /// Set once the group has given this consumer an assignment.
     joined: Arc<std::sync::atomic::AtomicBool>,
     quiet: QuietContext,
+    metrics: Arc<Metrics>,
 }
 
 impl ClientContext for CoreContext {
+    /// Lag and broker state from librdkafka's statistics: lag only where both
+    /// the committed offset and the high watermark are real offsets.
+    fn stats(&self, stats: rdkafka::Statistics) {
+        let assigned: std::collections::HashSet<i32> = lock(&self.tracker).partition_ids();
+        for (topic, t) in &stats.topics {
+            for (id, p) in &t.partitions {
+                if *id < 0 {
+                    continue;
+                }
+                let pid = id.to_string();
+                let labels = [("group", self.group.as_str()), ("topic", topic.as_str()), ("partition", pid.as_str())];
+                if assigned.contains(id) && p.committed_offset >= 0 && p.hi_offset >= 0 {
+                    self.metrics.gauge(crate::metrics::CONSUMER_LAG, &labels).store((p.hi_offset - p.committed_offset).max(0), std::sync::atomic::Ordering::Relaxed);
+                } else if !assigned.contains(id) {
+                    self.metrics.remove_gauge(crate::metrics::CONSUMER_LAG, &labels);
+                }
+            }
+        }
+        for b in stats.brokers.values() {
+            if b.nodeid < 0 {
+                continue;
+            }
+            let up = i64::from(b.state == "UP");
+            self.metrics.gauge(crate::metrics::BROKER_UP, &[("group", self.group.as_str()), ("broker", b.name.as_str())]).store(up, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
     fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, message: &str) {
         self.quiet.log(level, fac, message);
     }
@@ -141,6 +170,8 @@ impl QuietContext {
         }
     }
 }
+
+impl ConsumerContext for QuietContext {}
 
 impl ClientContext for QuietContext {
     fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, message: &str) {
@@ -259,7 +290,7 @@ pub async fn run_subscription(
     let s = &config.subscriptions[sub];
     let (topic, group) = (s.topic.clone(), s.group.clone());
     let tracker = Arc::new(Mutex::new(OffsetTracker::default()));
-    let context = CoreContext { group: group.clone(), tracker: tracker.clone(), joined, quiet: QuietContext::new(format!("consumer {group}")) };
+    let context = CoreContext { group: group.clone(), tracker: tracker.clone(), joined, quiet: QuietContext::new(format!("consumer {group}")), metrics: metrics.clone() };
     let consumer: CoreConsumer = consumer_config(&config.kafka, &config.settings, &group).create_with_context(context)?;
     consumer.subscribe(&[&topic])?;
     let consumer = Arc::new(consumer);

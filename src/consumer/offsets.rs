@@ -102,6 +102,11 @@ impl OffsetTracker {
         Some(done_through)
     }
 
+    /// Partitions currently assigned.
+    pub fn partition_ids(&self) -> std::collections::HashSet<i32> {
+        self.partitions.keys().copied().collect()
+    }
+
     /// Messages begun and not yet final, over all partitions.
     pub fn in_flight(&self) -> usize {
         self.partitions.values().map(|p| p.pending.len()).sum()

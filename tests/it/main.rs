@@ -4,6 +4,7 @@
 mod cli;
 mod delivery;
 mod harness;
+mod ops;
 mod poison;
 mod shipped_routes;
 mod shutdown;

@@ -1,0 +1,167 @@
+//! Operating and migrating: check, migrate status, lag metrics, group take-over.
+
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::message::Message;
+use rdkafka::{Offset, TopicPartitionList};
+
+use crate::harness::*;
+
+fn routes(dir: &Path, topic: &str, group: &str, url: &str) -> std::path::PathBuf {
+    let routes = dir.join("routes");
+    std::fs::create_dir_all(&routes).unwrap();
+    std::fs::write(
+        routes.join("r.toml"),
+        format!(
+            "[[subscription]]\nname = \"s\"\ntopic = \"{topic}\"\ngroup = \"{group}\"\n\n[sink.out]\ntype = \"http\"\nurl = \"{url}\"\n\n[[route]]\nname = \"all\"\nsubscription = \"s\"\nwhen = [{{ path = \"$.id\", exists = true }}]\nsink = \"out\"\nhttp = {{ path = \"/in/{{$.id}}\" }}\n"
+        ),
+    )
+    .unwrap();
+    routes
+}
+
+fn msgs(topic: &str, n: usize) -> Vec<vedgate::tools::traffic::Record> {
+    (0..n).map(|i| record(topic, Some(&format!("k{i}")), format!(r#"{{"id": "m{i}"}}"#).as_bytes())).collect()
+}
+
+fn vedgate_out(args: &[&str]) -> (i32, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_vedgate")).args(args).env("BROKERS", brokers()).output().unwrap();
+    (out.status.code().unwrap_or(-1), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_lists_lag_as_the_broker_has_it_and_fails_on_a_missing_topic() {
+    let topic = unique("check");
+    let group = unique("g-check");
+    create_topic(&topic, 3).await;
+    produce(&msgs(&topic, 30)).await;
+    // The group has committed offset 1 on partition 0 and nothing elsewhere.
+    let c: BaseConsumer = ClientConfig::new().set("bootstrap.servers", brokers()).set("group.id", &group).create().unwrap();
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(&topic, 0, Offset::Offset(1)).unwrap();
+    c.commit(&tpl, CommitMode::Sync).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = test_gateway_toml(dir.path());
+    let r = routes(dir.path(), &topic, &group, "http://127.0.0.1:1");
+    let (code, out) = vedgate_out(&["check", "--config", config.to_str().unwrap(), "--routes", r.to_str().unwrap(), "--json"]);
+    let report: serde_json::Value = serde_json::from_str(&out[..out.rfind('}').unwrap() + 1]).unwrap_or_else(|e| panic!("{e}: {out}"));
+    let end = end_offsets(&topic, 3);
+    let g = &report["groups"][0];
+    assert_eq!(g["partitions"][0]["committed"], 1);
+    assert_eq!(g["partitions"][0]["lag"], end[0] - 1);
+    assert_eq!(g["partitions"][1]["lag"], serde_json::Value::Null, "no committed offset: no made-up lag");
+    assert_eq!(report["topics"][0]["partitions"], 3);
+    assert_eq!(code, 0, "{out}");
+
+    let missing = routes(&dir.path().join("m"), &unique("missing"), &group, "http://127.0.0.1:1");
+    let (code, out) = vedgate_out(&["check", "--config", config.to_str().unwrap(), "--routes", missing.to_str().unwrap()]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("does not exist"), "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn takeover_resumes_exactly_where_the_go_service_committed() {
+    let topic = unique("takeover");
+    let group = unique("g-takeover");
+    create_topic(&topic, 3).await;
+    produce(&msgs(&topic, 120)).await;
+
+    // The stand-in for a Go service: consumes about half in group G, commits, leaves.
+    let standin_ids = tokio::task::spawn_blocking({
+        let (topic, group) = (topic.clone(), group.clone());
+        move || {
+            let c: BaseConsumer = ClientConfig::new()
+                .set("bootstrap.servers", brokers())
+                .set("group.id", &group)
+                .set("enable.auto.commit", "false")
+                .set("auto.offset.reset", "earliest")
+                .create()
+                .unwrap();
+            c.subscribe(&[&topic]).unwrap();
+            let mut ids = Vec::new();
+            let start = std::time::Instant::now();
+            while ids.len() < 55 && start.elapsed() < Duration::from_secs(30) {
+                if let Some(Ok(m)) = c.poll(Duration::from_millis(200)) {
+                    let v: serde_json::Value = serde_json::from_slice(m.payload().unwrap()).unwrap();
+                    ids.push(v["id"].as_str().unwrap().to_string());
+                    c.store_offset_from_message(&m).unwrap();
+                }
+            }
+            c.commit_consumer_state(CommitMode::Sync).unwrap();
+            c.unsubscribe();
+            ids
+        }
+    })
+    .await
+    .unwrap();
+    let handed_over = committed(&group, &topic, 3);
+
+    let dir = tempfile::tempdir().unwrap();
+    let config = test_gateway_toml(dir.path());
+    let (status_code, status) = vedgate_out(&["migrate", "status", "--config", config.to_str().unwrap(), "--routes", routes(dir.path(), &topic, &group, "http://127.0.0.1:1").to_str().unwrap(), "--group", &group]);
+    assert_eq!(status_code, 0, "{status}");
+    assert!(status.contains("committed"), "{status}");
+
+    let rx = Receiver::start().await;
+    let r = routes(dir.path(), &topic, &group, &rx.url);
+    let gw = Gateway::start(&config, &r, base_env());
+    let want = 120 - standin_ids.len();
+    wait_until("the rest delivered", Duration::from_secs(60), || rx.count() >= want).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    gw.stop().await;
+
+    let got = rx.requests();
+    let vedgate_ids: Vec<String> = got.iter().map(|r| r.path.trim_start_matches("/in/").to_string()).collect();
+    let unique_ids: HashSet<&String> = vedgate_ids.iter().collect();
+    assert_eq!(unique_ids.len(), vedgate_ids.len(), "none twice");
+    let standin: HashSet<&String> = standin_ids.iter().collect();
+    assert!(unique_ids.is_disjoint(&standin), "nothing the Go service handled is delivered again");
+    assert_eq!(unique_ids.len() + standin.len(), 120, "the union is the whole topic");
+    // vedgate's first offset per partition is exactly the handed-over committed offset.
+    let mut first: HashMap<i32, i64> = HashMap::new();
+    for r in &got {
+        let p: i32 = r.header("x-kafka-partition").unwrap().parse().unwrap();
+        let o: i64 = r.header("x-kafka-offset").unwrap().parse().unwrap();
+        let e = first.entry(p).or_insert(o);
+        *e = (*e).min(o);
+    }
+    let end = end_offsets(&topic, 3);
+    for p in 0..3 {
+        let start = if handed_over[p as usize] < 0 { 0 } else { handed_over[p as usize] };
+        if start < end[p as usize] {
+            assert_eq!(first.get(&p), Some(&start), "partition {p}");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_show_lag_per_partition_and_counts_per_route() {
+    let topic = unique("metrics");
+    let group = unique("g-metrics");
+    create_topic(&topic, 3).await;
+    let rx = Receiver::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let r = routes(dir.path(), &topic, &group, &rx.url);
+    let mut records = msgs(&topic, 40);
+    records.push(record(&topic, None, br#"{"other": 1}"#));
+    produce(&records).await;
+    let gw = Gateway::start(&test_gateway_toml(dir.path()), &r, base_env());
+    wait_until("delivered", Duration::from_secs(30), || rx.count() >= 40).await;
+    let lag_line = |p: i32| format!("vedgate_consumer_lag{{group=\"{group}\",topic=\"{topic}\",partition=\"{p}\"}} 0");
+    wait_until("lag 0 on every partition", Duration::from_secs(20), || {
+        let m = gw.metrics.render();
+        (0..3).all(|p| m.contains(&lag_line(p)))
+    })
+    .await;
+    let m = gw.metrics.render();
+    assert!(m.contains(&format!("vedgate_messages_total{{group=\"{group}\",route=\"all\",outcome=\"delivered\"}} 40")), "{m}");
+    assert!(m.contains(&format!("vedgate_messages_total{{group=\"{group}\",route=\"_unmatched\",outcome=\"skipped\"}} 1")), "{m}");
+    assert!(m.contains("vedgate_sink_latency_seconds_bucket"), "{m}");
+    assert!(m.contains("vedgate_broker_up{"), "{m}");
+    gw.stop().await;
+}
