@@ -1,8 +1,12 @@
 //! The running gateway: builds sinks, starts one consumer per subscription
-//! and the admin server, and shuts everything down through one path.
+//! and the admin server, reloads the configuration on SIGHUP or when its
+//! files change, and shuts everything down through one path.
 
+use std::collections::BTreeMap;
+use std::hash::{Hash, Hasher};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
 
 use axum::extract::State;
@@ -11,10 +15,11 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
 use serde_json::json;
+use tokio::task::JoinSet;
 
-use crate::config::Config;
-use crate::consumer::{run_subscription, Shutdown};
-use crate::metrics::Metrics;
+use crate::config::{self, Config, LoadOptions};
+use crate::consumer::{dead_letter_producer, start_subscription, DeadLetterProducer, Shutdown, SubView, SubscriptionHandle};
+use crate::metrics::{inc, Metrics, CONFIG_RELOADS_TOTAL};
 use crate::sinks::{BuildError, Sink};
 
 #[derive(Debug, thiserror::Error)]
@@ -27,28 +32,171 @@ pub enum GatewayError {
     Admin { addr: std::net::SocketAddr, source: std::io::Error },
 }
 
-/// What the admin endpoints read.
+/// What the admin endpoints read; replaced on every successful reload.
 pub struct Status {
-    pub config: Arc<Config>,
+    pub config: RwLock<Arc<Config>>,
     pub metrics: Arc<Metrics>,
-    pub joined: Vec<Arc<AtomicBool>>,
-    pub loaded_at: SystemTime,
+    pub joined: RwLock<Vec<Arc<AtomicBool>>>,
+    pub loaded_at: RwLock<SystemTime>,
 }
 
 impl Status {
     pub fn ready(&self) -> bool {
-        self.joined.iter().all(|j| j.load(Ordering::Relaxed))
+        self.joined.read().unwrap_or_else(|e| e.into_inner()).iter().all(|j| j.load(Ordering::Relaxed))
     }
 }
 
+/// What makes a subscription the same across reloads: a change here
+/// restarts its consumer; anything else is swapped in place.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+struct SubKey {
+    topic: String,
+    group: String,
+    dead_letter_topic: Option<String>,
+    cluster: String,
+}
+
+fn key(config: &Config, i: usize) -> SubKey {
+    let s = &config.subscriptions[i];
+    SubKey {
+        topic: s.topic.clone(),
+        group: s.group.clone(),
+        dead_letter_topic: s.dead_letter_topic.clone(),
+        cluster: format!("{:?}{:?}", config.kafka.brokers, config.kafka.properties),
+    }
+}
+
+struct Running {
+    handle: SubscriptionHandle,
+    joined: Arc<AtomicBool>,
+}
+
+struct Gateway {
+    metrics: Arc<Metrics>,
+    shutdown: Shutdown,
+    status: Arc<Status>,
+    running: BTreeMap<SubKey, Running>,
+    tasks: JoinSet<(String, Result<(), rdkafka::error::KafkaError>)>,
+    producer: Option<DeadLetterProducer>,
+    config: Arc<Config>,
+}
+
+impl Gateway {
+    fn start(&mut self, config: &Arc<Config>, sinks: &Arc<Vec<Sink>>, i: usize) -> Result<(), GatewayError> {
+        let k = key(config, i);
+        if config.subscriptions[i].dead_letter_topic.is_some() && self.producer.is_none() {
+            self.producer = Some(dead_letter_producer(&config.kafka).map_err(|source| GatewayError::Kafka { group: "(dead letters)".into(), source })?);
+        }
+        let joined = Arc::new(AtomicBool::new(false));
+        let view = SubView::new(config.clone(), i, sinks.clone(), &self.metrics);
+        let (handle, fut) = start_subscription(view, self.metrics.clone(), &self.shutdown, joined.clone(), self.producer.clone());
+        let group = k.group.clone();
+        self.tasks.spawn(async move { (group, fut.await) });
+        self.running.insert(k, Running { handle, joined });
+        Ok(())
+    }
+
+    fn publish(&self) {
+        *self.status.config.write().unwrap_or_else(|e| e.into_inner()) = self.config.clone();
+        *self.status.joined.write().unwrap_or_else(|e| e.into_inner()) = self.running.values().map(|r| r.joined.clone()).collect();
+        *self.status.loaded_at.write().unwrap_or_else(|e| e.into_inner()) = SystemTime::now();
+    }
+
+    /// Loads, checks and swaps in a new configuration; an invalid one changes nothing.
+    fn reload(&mut self, opts: &LoadOptions, why: &str) {
+        let error = || inc(&self.metrics.counter(CONFIG_RELOADS_TOTAL, &[("result", "error")]));
+        let (cfg, warnings) = match config::load(opts) {
+            Ok(x) => x,
+            Err(diags) => {
+                for d in diags.errors() {
+                    tracing::error!("{d}");
+                }
+                tracing::error!(trigger = why, errors = diags.errors().count(), "configuration not reloaded: the running one stays in force");
+                error();
+                return;
+            }
+        };
+        if cfg.hash == self.config.hash {
+            return;
+        }
+        for w in warnings.warnings() {
+            tracing::warn!("{w}");
+        }
+        let sinks = match cfg.sinks.iter().map(Sink::build).collect::<Result<Vec<_>, _>>() {
+            Ok(s) => Arc::new(s),
+            Err(e) => {
+                tracing::error!(trigger = why, error = %e, "configuration not reloaded: a sink cannot be built");
+                error();
+                return;
+            }
+        };
+        let cfg = Arc::new(cfg);
+        let mut keep = Vec::new();
+        let (mut started, mut swapped) = (0, 0);
+        for i in 0..cfg.subscriptions.len() {
+            let k = key(&cfg, i);
+            match self.running.get(&k) {
+                Some(r) => {
+                    r.handle.swap(SubView::new(cfg.clone(), i, sinks.clone(), &self.metrics));
+                    swapped += 1;
+                }
+                None => {
+                    if let Err(e) = self.start(&cfg, &sinks, i) {
+                        tracing::error!(error = %e, group = %k.group, "cannot start subscription");
+                        continue;
+                    }
+                    started += 1;
+                }
+            }
+            keep.push(k);
+        }
+        let gone: Vec<SubKey> = self.running.keys().filter(|k| !keep.contains(k)).cloned().collect();
+        for k in &gone {
+            if let Some(r) = self.running.remove(k) {
+                // Drains its in-flight messages, commits and leaves the group.
+                r.handle.stop.cancel();
+            }
+        }
+        self.config = cfg;
+        self.publish();
+        inc(&self.metrics.counter(CONFIG_RELOADS_TOTAL, &[("result", "success")]));
+        tracing::info!(trigger = why, hash = %self.config.hash, swapped, started, stopped = gone.len(), "configuration reloaded");
+    }
+}
+
+/// A cheap fingerprint of the config files (names, sizes, modification times).
+fn fingerprint(opts: &LoadOptions) -> u64 {
+    let mut files: Vec<PathBuf> = vec![opts.config_path.clone()];
+    if opts.routes_path.is_dir() {
+        if let Ok(d) = std::fs::read_dir(&opts.routes_path) {
+            files.extend(d.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.extension().is_some_and(|x| x == "toml")));
+        }
+    } else {
+        files.push(opts.routes_path.clone());
+    }
+    files.sort();
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    for f in files {
+        f.hash(&mut h);
+        if let Ok(m) = std::fs::metadata(&f) {
+            m.len().hash(&mut h);
+            m.modified().ok().hash(&mut h);
+        }
+    }
+    h.finish()
+}
+
 /// Runs until `shutdown.stop` is cancelled and everything has drained.
-/// The caller cancels `stop` on a signal and `abort` when the grace ends.
-pub async fn run(config: Config, metrics: Arc<Metrics>, shutdown: Shutdown) -> Result<(), GatewayError> {
+/// With `reload`, the configuration is reloaded on SIGHUP and when its files change.
+pub async fn run(config: Config, metrics: Arc<Metrics>, shutdown: Shutdown, reload: Option<LoadOptions>) -> Result<(), GatewayError> {
     let config = Arc::new(config);
-    let sinks = config.sinks.iter().map(Sink::build).collect::<Result<Vec<_>, _>>()?;
-    let sinks = Arc::new(sinks);
-    let joined: Vec<Arc<AtomicBool>> = config.subscriptions.iter().map(|_| Arc::new(AtomicBool::new(false))).collect();
-    let status = Arc::new(Status { config: config.clone(), metrics: metrics.clone(), joined: joined.clone(), loaded_at: SystemTime::now() });
+    let sinks = Arc::new(config.sinks.iter().map(Sink::build).collect::<Result<Vec<_>, _>>()?);
+    let status = Arc::new(Status { config: RwLock::new(config.clone()), metrics: metrics.clone(), joined: RwLock::new(vec![]), loaded_at: RwLock::new(SystemTime::now()) });
+    let mut gw = Gateway { metrics: metrics.clone(), shutdown: shutdown.clone(), status: status.clone(), running: BTreeMap::new(), tasks: JoinSet::new(), producer: None, config: config.clone() };
+    for i in 0..config.subscriptions.len() {
+        gw.start(&config, &sinks, i)?;
+    }
+    gw.publish();
 
     let admin = match config.settings.admin_addr {
         Some(addr) => {
@@ -56,37 +204,56 @@ pub async fn run(config: Config, metrics: Arc<Metrics>, shutdown: Shutdown) -> R
             tracing::info!(%addr, "admin server listening (/healthz /readyz /metrics /routes)");
             let stop = shutdown.stop.clone();
             Some(tokio::spawn(async move {
-                let app = admin_router(status);
-                let _ = axum::serve(listener, app).with_graceful_shutdown(async move { stop.cancelled().await }).await;
+                let _ = axum::serve(listener, admin_router(status)).with_graceful_shutdown(async move { stop.cancelled().await }).await;
             }))
         }
         None => None,
     };
 
-    let producer = if config.subscriptions.iter().any(|s| s.dead_letter_topic.is_some()) {
-        Some(crate::consumer::dead_letter_producer(&config.kafka).map_err(|source| GatewayError::Kafka { group: "(dead letters)".into(), source })?)
-    } else {
-        None
-    };
-    let mut tasks = Vec::new();
-    for (i, sub) in config.subscriptions.iter().enumerate() {
-        let fut = run_subscription(config.clone(), i, sinks.clone(), metrics.clone(), shutdown.clone(), joined[i].clone(), producer.clone());
-        let group = sub.group.clone();
-        tasks.push(tokio::spawn(async move { fut.await.map_err(|source| GatewayError::Kafka { group, source }) }));
-    }
+    let mut hup = reload.as_ref().and_then(|_| tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok());
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    let mut loaded_print = reload.as_ref().map(fingerprint);
+    let mut seen_print = loaded_print;
     let mut first_error = None;
-    for t in tasks {
-        match t.await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => {
-                // One subscription failing to start stops them all: a half-running gateway hides lag.
-                shutdown.stop.cancel();
-                first_error.get_or_insert(e);
+    loop {
+        tokio::select! {
+            biased;
+            _ = shutdown.stop.cancelled() => break,
+            Some(()) = async { match hup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => {
+                if let Some(opts) = &reload {
+                    gw.reload(opts, "SIGHUP");
+                    loaded_print = Some(fingerprint(opts));
+                }
             }
-            Err(join) => tracing::error!(error = %join, "subscription task panicked"),
+            _ = tick.tick() => {
+                // Debounced: reload once the files have stopped changing for one tick.
+                if let Some(opts) = &reload {
+                    let now = Some(fingerprint(opts));
+                    if now != loaded_print && now == seen_print {
+                        gw.reload(opts, "file change");
+                        loaded_print = now;
+                    }
+                    seen_print = now;
+                }
+            }
+            Some(done) = gw.tasks.join_next() => match done {
+                Ok((_, Ok(()))) => {}
+                Ok((group, Err(source))) => {
+                    // A consumer that cannot even be created stops everything: a
+                    // half-running gateway would hide lag.
+                    first_error.get_or_insert(GatewayError::Kafka { group, source });
+                    shutdown.stop.cancel();
+                }
+                Err(join) => tracing::error!(error = %join, "subscription task panicked"),
+            },
         }
     }
     shutdown.stop.cancel();
+    while let Some(done) = gw.tasks.join_next().await {
+        if let Ok((group, Err(source))) = done {
+            first_error.get_or_insert(GatewayError::Kafka { group, source });
+        }
+    }
     if let Some(a) = admin {
         let _ = tokio::time::timeout(Duration::from_secs(1), a).await;
     }
@@ -118,22 +285,24 @@ async fn metrics(State(s): State<Arc<Status>>) -> impl IntoResponse {
 }
 
 async fn routes(State(s): State<Arc<Status>>) -> impl IntoResponse {
-    let subs: Vec<_> = s
-        .config
+    let config = s.config.read().unwrap_or_else(|e| e.into_inner()).clone();
+    let subs: Vec<_> = config
         .subscriptions
         .iter()
         .map(|sub| {
             json!({
                 "topic": sub.topic,
                 "group": sub.group,
+                "dead_letter_topic": sub.dead_letter_topic,
                 "routes": sub.routes.iter().map(|r| json!({
                     "name": r.name,
                     "file": r.file.display().to_string(),
-                    "sink": s.config.sinks[r.sink].id,
+                    "sink": config.sinks[r.sink].id,
                 })).collect::<Vec<_>>(),
             })
         })
         .collect();
-    let loaded = s.loaded_at.duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
-    axum::Json(json!({"config_hash": s.config.hash, "loaded_at_unix": loaded, "profile": s.config.kafka.profile, "subscriptions": subs}))
+    let loaded = s.loaded_at.read().unwrap_or_else(|e| e.into_inner()).duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    axum::Json(json!({"config_hash": config.hash, "loaded_at_unix": loaded, "profile": config.kafka.profile, "subscriptions": subs}))
 }
+

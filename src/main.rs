@@ -329,6 +329,7 @@ fn migrate_status(args: &ConfigArgs, group: &str, topic: Option<String>, json: b
 }
 
 fn run(args: &ConfigArgs) -> ExitCode {
+    let opts = LoadOptions { config_path: args.config.clone(), routes_path: args.routes.clone(), profile: args.profile.clone(), env: Env::from_process() };
     let (cfg, diags) = match load(args) {
         Ok(x) => x,
         Err(diags) => {
@@ -358,7 +359,7 @@ fn run(args: &ConfigArgs) -> ExitCode {
             tracing::warn!("shutdown did not finish in time; exiting (unfinished messages will be redelivered)");
             std::process::exit(0);
         });
-        vedgate::gateway::run(cfg, Arc::new(vedgate::metrics::Metrics::default()), shutdown).await
+        vedgate::gateway::run(cfg, Arc::new(vedgate::metrics::Metrics::default()), shutdown, Some(opts)).await
     });
     rt.shutdown_timeout(std::time::Duration::from_secs(1));
     match result {

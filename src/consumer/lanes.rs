@@ -57,7 +57,7 @@ impl Lanes {
         let shared = &self.shared;
         let tasks = &mut self.tasks;
         let lane = self.lanes.entry(p).or_insert_with(|| {
-            let (tx, rx) = mpsc::channel(shared.config.settings.queue_capacity.max(1));
+            let (tx, rx) = mpsc::channel(shared.settings.queue_capacity.max(1));
             tasks.push(tokio::spawn(lane_worker(shared.clone(), rx)));
             Lane { tx, parked: None }
         });
@@ -121,7 +121,7 @@ impl Lanes {
             Some((e, _)) if *e != epoch => return, // parked again since: that drainer resumes
             _ => lane.parked = None,
         }
-        let topic = &self.shared.subscription().topic;
+        let topic = &self.shared.topic;
         let mut tpl = TopicPartitionList::new();
         tpl.add_partition(topic, p);
         if let Err(e) = self.shared.consumer.resume(&tpl) {
@@ -171,9 +171,10 @@ enum DeadLetterResult {
 /// Shapes and delivers one message: retries what can be retried, dead-letters
 /// what cannot. Returns whether the message is final.
 async fn deliver(shared: &Shared, job: &Job, route_idx: usize, value: &serde_json::Value) -> bool {
-    let sub = shared.subscription();
+    let view = &job.view;
+    let sub = view.subscription();
     let route = &sub.routes[route_idx];
-    let counters = &shared.counters[route_idx];
+    let counters = &view.counters[route_idx];
     if let Some(schema) = &route.schema {
         if let Err(reason) = schema.check(value) {
             return match dead_letter(shared, job, &route.name, ErrorClass::Schema, &reason, 0).await {
@@ -195,10 +196,12 @@ async fn deliver(shared: &Shared, job: &Job, route_idx: usize, value: &serde_jso
 }
 
 async fn deliver_checked(shared: &Shared, job: &Job, route_idx: usize, value: &serde_json::Value) -> bool {
-    let sub = shared.subscription();
+    // The message finishes under the configuration it started with.
+    let view = &job.view;
+    let sub = view.subscription();
     let route = &sub.routes[route_idx];
-    let counters = &shared.counters[route_idx];
-    let sink = &shared.sinks[route.sink];
+    let counters = &view.counters[route_idx];
+    let sink = &view.sinks[route.sink];
     let policy = &route.retry;
     let raw = job.raw.as_deref().unwrap_or_default();
     let request = route.shape(raw, value, &job.meta);
@@ -295,9 +298,9 @@ async fn sleep_or_stop(shared: &Shared, d: std::time::Duration) -> bool {
 /// Writes the dead letter, retrying the write until it is acknowledged.
 async fn dead_letter(shared: &Shared, job: &Job, route: &str, class: ErrorClass, reason: &str, attempts: u32) -> DeadLetterResult {
     let Some(writer) = &shared.dead_letters else { return DeadLetterResult::NoTopic };
-    let sub = shared.subscription();
+    let sub = job.view.subscription();
     let letter = DeadLetter { meta: &job.meta, value: job.raw.as_deref(), group: &sub.group, route, class, reason, attempts };
-    let settings = &shared.config.settings;
+    let settings = &shared.settings;
     let mut backoff = Backoff::new(settings.retry_initial_delay, settings.retry_max_delay);
     loop {
         if !shared.owns(job) {

@@ -229,8 +229,44 @@ enum Work {
     DeadLetter { class: ErrorClass, reason: String },
 }
 
+/// What a subscription's routes are right now: swapped whole on reload.
+pub struct SubView {
+    pub config: Arc<Config>,
+    pub sub: usize,
+    pub sinks: Arc<Vec<Sink>>,
+    counters: Vec<RouteCounters>,
+}
+
+impl SubView {
+    pub fn new(config: Arc<Config>, sub: usize, sinks: Arc<Vec<Sink>>, metrics: &Metrics) -> Self {
+        let s = &config.subscriptions[sub];
+        let counters = s.routes.iter().map(|r| RouteCounters::new(metrics, &s.group, &r.name)).collect();
+        SubView { config, sub, sinks, counters }
+    }
+
+    pub fn subscription(&self) -> &crate::config::Subscription {
+        &self.config.subscriptions[self.sub]
+    }
+}
+
+/// A running subscription, as the gateway sees it: its routes can be
+/// swapped, and it can be stopped on its own.
+pub struct SubscriptionHandle {
+    view: Arc<std::sync::RwLock<Arc<SubView>>>,
+    pub stop: CancellationToken,
+}
+
+impl SubscriptionHandle {
+    /// New routes apply from the next message read; in-flight ones keep theirs.
+    pub fn swap(&self, view: SubView) {
+        *self.view.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(view);
+    }
+}
+
 /// A message handed to its partition's lane.
 struct Job {
+    /// The routes in force when the message was read.
+    view: Arc<SubView>,
     work: Work,
     meta: RecordMeta,
     /// `None` for a tombstone.
@@ -241,12 +277,13 @@ struct Job {
 
 /// Everything a subscription's tasks share.
 struct Shared {
-    config: Arc<Config>,
-    sub: usize,
-    sinks: Arc<Vec<Sink>>,
+    topic: String,
+    group: String,
+    /// Settings as they were when the subscription started.
+    settings: Settings,
+    view: Arc<std::sync::RwLock<Arc<SubView>>>,
     consumer: Arc<CoreConsumer>,
     tracker: Arc<Mutex<OffsetTracker>>,
-    counters: Vec<RouteCounters>,
     unmatched: RouteCounters,
     invalid: RouteCounters,
     shutdown: Shutdown,
@@ -257,8 +294,8 @@ struct Shared {
 }
 
 impl Shared {
-    fn subscription(&self) -> &crate::config::Subscription {
-        &self.config.subscriptions[self.sub]
+    fn current(&self) -> Arc<SubView> {
+        self.view.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// Whether the job's partition is still assigned as it was when the job was read.
@@ -277,17 +314,33 @@ impl Shared {
     }
 }
 
+/// Prepares one subscription: returns its handle and the future that runs it
+/// until the gateway stops or the handle's `stop` is cancelled.
+pub fn start_subscription(
+    view: SubView,
+    metrics: Arc<Metrics>,
+    shutdown: &Shutdown,
+    joined: Arc<std::sync::atomic::AtomicBool>,
+    producer: Option<DeadLetterProducer>,
+) -> (SubscriptionHandle, futures::future::BoxFuture<'static, Result<(), KafkaError>>) {
+    let view = Arc::new(std::sync::RwLock::new(Arc::new(view)));
+    let own = Shutdown { stop: shutdown.stop.child_token(), abort: shutdown.abort.clone() };
+    let handle = SubscriptionHandle { view: view.clone(), stop: own.stop.clone() };
+    let task = Box::pin(run_subscription(view, metrics, own, joined, producer));
+    (handle, task)
+}
+
 /// Runs one subscription until shutdown: consumes, delivers, commits.
-pub async fn run_subscription(
-    config: Arc<Config>,
-    sub: usize,
-    sinks: Arc<Vec<Sink>>,
+async fn run_subscription(
+    view: Arc<std::sync::RwLock<Arc<SubView>>>,
     metrics: Arc<Metrics>,
     shutdown: Shutdown,
     joined: Arc<std::sync::atomic::AtomicBool>,
     producer: Option<DeadLetterProducer>,
 ) -> Result<(), KafkaError> {
-    let s = &config.subscriptions[sub];
+    let first = view.read().unwrap_or_else(|e| e.into_inner()).clone();
+    let config = first.config.clone();
+    let s = first.subscription();
     let (topic, group) = (s.topic.clone(), s.group.clone());
     let tracker = Arc::new(Mutex::new(OffsetTracker::default()));
     let context = CoreContext { group: group.clone(), tracker: tracker.clone(), joined, quiet: QuietContext::new(format!("consumer {group}")), metrics: metrics.clone() };
@@ -321,14 +374,13 @@ pub async fn run_subscription(
         _ => None,
     };
 
-    let counters = s.routes.iter().map(|r| RouteCounters::new(&metrics, &group, &r.name)).collect();
     let shared = Arc::new(Shared {
         unmatched: RouteCounters::new(&metrics, &group, UNMATCHED_ROUTE),
         invalid: RouteCounters::new(&metrics, &group, INVALID_ROUTE),
-        counters,
-        config: config.clone(),
-        sub,
-        sinks,
+        topic: topic.clone(),
+        group: group.clone(),
+        settings: config.settings.clone(),
+        view,
         consumer: consumer.clone(),
         tracker: tracker.clone(),
         shutdown: shutdown.clone(),
@@ -390,10 +442,11 @@ pub async fn run_subscription(
         let decoded = decode(m.payload(), limits);
         let raw = m.payload().map(Bytes::copy_from_slice);
         drop(m);
+        let view = shared.current();
         let work = match decoded {
-            Ok(value) => match shared.subscription().table.find(&value) {
+            Ok(value) => match view.subscription().table.find(&value) {
                 Some(route) => {
-                    inc(&shared.counters[route].consumed);
+                    inc(&view.counters[route].consumed);
                     Work::Deliver { route, value }
                 }
                 None => {
@@ -418,7 +471,7 @@ pub async fn run_subscription(
                 Work::DeadLetter { class: ErrorClass::InvalidMessage, reason }
             }
         };
-        lanes.push(Job { work, meta, raw, generation, read_at: Instant::now() });
+        lanes.push(Job { view, work, meta, raw, generation, read_at: Instant::now() });
     }
 
     lanes.close().await;
@@ -458,10 +511,9 @@ fn traceparent(m: &rdkafka::message::BorrowedMessage<'_>) -> Option<String> {
 /// The watchdog: partitions holding unfinished messages without progress.
 fn report_stalled(shared: &Shared, limit: Duration) {
     let stalled = lock(&shared.tracker).stalled(limit);
-    let sub = shared.subscription();
-    let gauge = shared.metrics.gauge(crate::metrics::STALLED_PARTITIONS, &[("group", &sub.group), ("topic", &sub.topic)]);
+    let gauge = shared.metrics.gauge(crate::metrics::STALLED_PARTITIONS, &[("group", &shared.group), ("topic", &shared.topic)]);
     gauge.store(stalled.len() as i64, std::sync::atomic::Ordering::Relaxed);
     for (partition, pending, since) in stalled {
-        tracing::warn!(group = %sub.group, topic = %sub.topic, partition, pending, stalled_s = since.as_secs(), "partition has unfinished messages and no progress");
+        tracing::warn!(group = %shared.group, topic = %shared.topic, partition, pending, stalled_s = since.as_secs(), "partition has unfinished messages and no progress");
     }
 }

@@ -224,16 +224,16 @@ pub struct Gateway {
 
 impl Gateway {
     pub fn start(config_path: &Path, routes: &Path, env: Env) -> Gateway {
-        let (cfg, _warnings) = config::load(&LoadOptions {
-            config_path: config_path.to_path_buf(),
-            routes_path: routes.to_path_buf(),
-            profile: Some("local".into()),
-            env,
-        })
-        .unwrap_or_else(|d| panic!("config does not load:\n{d}"));
+        Self::start_with(config_path, routes, env, false)
+    }
+
+    /// With `reload`, the gateway watches its files as `vedgate run` does.
+    pub fn start_with(config_path: &Path, routes: &Path, env: Env, reload: bool) -> Gateway {
+        let opts = LoadOptions { config_path: config_path.to_path_buf(), routes_path: routes.to_path_buf(), profile: Some("local".into()), env };
+        let (cfg, _warnings) = config::load(&opts).unwrap_or_else(|d| panic!("config does not load:\n{d}"));
         let shutdown = Shutdown::default();
         let metrics = Arc::new(vedgate::metrics::Metrics::default());
-        let task = tokio::spawn(vedgate::gateway::run(cfg, metrics.clone(), shutdown.clone()));
+        let task = tokio::spawn(vedgate::gateway::run(cfg, metrics.clone(), shutdown.clone(), reload.then_some(opts)));
         Gateway { shutdown, task, metrics }
     }
 

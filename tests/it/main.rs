@@ -6,5 +6,6 @@ mod delivery;
 mod harness;
 mod ops;
 mod poison;
+mod reload;
 mod shipped_routes;
 mod shutdown;
