@@ -394,7 +394,21 @@ impl Compiler<'_> {
                     },
                     None => None,
                 };
-                new_routes.push((sub, Route { name, file: src.path.clone(), sink: sink.index, shape, retry, schema }, enabled.then_some(preds)));
+                let order_key = match &r.order_key {
+                    Some(k) => match Source::parse(k.get_ref()) {
+                        Ok(s) if !s.is_element() => Some(s),
+                        Ok(_) => {
+                            self.diags.push(src.error(span(k), "order_key takes a message path ($.…) or kafka.key"));
+                            continue;
+                        }
+                        Err(e) => {
+                            self.diags.push(src.error(span(k), e));
+                            continue;
+                        }
+                    },
+                    None => None,
+                };
+                new_routes.push((sub, Route { name, file: src.path.clone(), sink: sink.index, shape, retry, schema, order_key }, enabled.then_some(preds)));
             }
         }
         for (name, sink) in &raw.sink {

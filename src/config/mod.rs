@@ -134,6 +134,8 @@ pub struct Route {
     pub shape: Shape,
     pub retry: RetryPolicy,
     pub schema: Option<MessageSchema>,
+    /// `None`: partition order.
+    pub order_key: Option<crate::shape::Source>,
 }
 
 /// A compiled JSON Schema a route requires of its messages.

@@ -138,6 +138,10 @@ pub struct RawRoute {
     pub retry: Option<Spanned<RawRetry>>,
     /// JSON Schema file (relative to this route file) every message must pass.
     pub schema: Option<Spanned<String>>,
+    /// Ordering key (`$.payload.ordId`, `kafka.key`): messages with different keys
+    /// of one partition are delivered concurrently, the same key in order.
+    /// Default: the whole partition in order.
+    pub order_key: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

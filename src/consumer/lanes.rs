@@ -32,12 +32,15 @@ struct Lane {
     parked: Option<(u64, Arc<Mutex<Parked>>)>,
 }
 
+/// A lane: a partition, and a slot within it when a route orders by key.
+type LaneId = (i32, u32);
+
 pub(super) struct Lanes {
     shared: Arc<Shared>,
-    lanes: HashMap<i32, Lane>,
+    lanes: HashMap<LaneId, Lane>,
     tasks: Vec<JoinHandle<()>>,
-    resume_tx: mpsc::Sender<(i32, u64)>,
-    resume_rx: mpsc::Receiver<(i32, u64)>,
+    resume_tx: mpsc::Sender<(LaneId, u64)>,
+    resume_rx: mpsc::Receiver<(LaneId, u64)>,
     epochs: u64,
 }
 
@@ -47,16 +50,17 @@ impl Lanes {
         Lanes { shared, lanes: HashMap::new(), tasks: Vec::new(), resume_tx, resume_rx, epochs: 0 }
     }
 
-    /// A parked partition whose backlog has been handed to its lane.
-    pub(super) async fn resumed(&mut self) -> Option<(i32, u64)> {
+    /// A parked lane whose backlog has been handed over.
+    pub(super) async fn resumed(&mut self) -> Option<(LaneId, u64)> {
         self.resume_rx.recv().await
     }
 
     pub(super) fn push(&mut self, job: Job) {
         let p = job.meta.partition;
+        let id = (p, job.slot);
         let shared = &self.shared;
         let tasks = &mut self.tasks;
-        let lane = self.lanes.entry(p).or_insert_with(|| {
+        let lane = self.lanes.entry(id).or_insert_with(|| {
             let (tx, rx) = mpsc::channel(shared.settings.queue_capacity.max(1));
             tasks.push(tokio::spawn(lane_worker(shared.clone(), rx)));
             Lane { tx, parked: None }
@@ -107,7 +111,7 @@ impl Lanes {
                 match next {
                     Some(j) => permit.send(j),
                     None => {
-                        let _ = resume.send((p, epoch)).await;
+                        let _ = resume.send((id, epoch)).await;
                         return;
                     }
                 }
@@ -115,11 +119,16 @@ impl Lanes {
         });
     }
 
-    pub(super) fn resume(&mut self, p: i32, epoch: u64) {
-        let Some(lane) = self.lanes.get_mut(&p) else { return };
+    pub(super) fn resume(&mut self, id: LaneId, epoch: u64) {
+        let p = id.0;
+        let Some(lane) = self.lanes.get_mut(&id) else { return };
         match &lane.parked {
             Some((e, _)) if *e != epoch => return, // parked again since: that drainer resumes
             _ => lane.parked = None,
+        }
+        // The partition resumes once none of its lanes is parked.
+        if self.lanes.iter().any(|((lp, _), l)| *lp == p && l.parked.is_some()) {
+            return;
         }
         let topic = &self.shared.topic;
         let mut tpl = TopicPartitionList::new();

@@ -268,6 +268,8 @@ struct Job {
     /// The routes in force when the message was read.
     view: Arc<SubView>,
     work: Work,
+    /// Lane within the partition: 0 in partition order, else by ordering key.
+    slot: u32,
     meta: RecordMeta,
     /// `None` for a tombstone.
     raw: Option<Bytes>,
@@ -443,10 +445,14 @@ async fn run_subscription(
         let raw = m.payload().map(Bytes::copy_from_slice);
         drop(m);
         let view = shared.current();
+        let mut slot = 0;
         let work = match decoded {
             Ok(value) => match view.subscription().table.find(&value) {
                 Some(route) => {
                     inc(&view.counters[route].consumed);
+                    if let Some(k) = &view.subscription().routes[route].order_key {
+                        slot = order_slot(k.resolve(&value, None, &meta), shared.settings.channels);
+                    }
                     Work::Deliver { route, value }
                 }
                 None => {
@@ -471,7 +477,7 @@ async fn run_subscription(
                 Work::DeadLetter { class: ErrorClass::InvalidMessage, reason }
             }
         };
-        lanes.push(Job { view, work, meta, raw, generation, read_at: Instant::now() });
+        lanes.push(Job { view, work, slot, meta, raw, generation, read_at: Instant::now() });
     }
 
     lanes.close().await;
@@ -497,6 +503,18 @@ async fn run_subscription(
     }
     drop(shared);
     Ok(())
+}
+
+/// The lane of an ordering key: the same key always gets the same lane.
+fn order_slot(key: Option<Value>, lanes: usize) -> u32 {
+    use std::hash::{Hash, Hasher};
+    let Some(k) = key else { return 0 };
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    match &k {
+        Value::String(s) => s.hash(&mut h),
+        other => other.to_string().hash(&mut h),
+    }
+    (h.finish() % lanes.max(1) as u64) as u32
 }
 
 /// A valid-looking W3C `traceparent` header of the record, if any.

@@ -179,3 +179,41 @@ async fn rebalances_lose_nothing_and_committed_offsets_never_move_backwards() {
     let dups = rx.count() - 700;
     assert!(dups <= 50, "{dups} redeliveries across two rebalances");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn key_ordered_routes_deliver_other_keys_while_one_key_retries() {
+    let topic = unique("keyorder");
+    let group = unique("g-keyorder");
+    create_topic(&topic, 1).await;
+    let rx = Receiver::start().await;
+    rx.set(Answer::FailFirst("\"a1\"".into(), 503, 3));
+    let dir = tempfile::tempdir().unwrap();
+    let routes = dir.path().join("routes");
+    std::fs::create_dir_all(&routes).unwrap();
+    std::fs::write(
+        routes.join("r.toml"),
+        format!(
+            "[[subscription]]\nname = \"s\"\ntopic = \"{topic}\"\ngroup = \"{group}\"\n\n[sink.r]\ntype = \"http\"\nurl = \"{}\"\n\n[[route]]\nname = \"all\"\nsubscription = \"s\"\nwhen = [{{ path = \"$.id\", exists = true }}]\nsink = \"r\"\norder_key = \"kafka.key\"\nretry = {{ initial_delay_ms = 300, max_delay_ms = 600 }}\nhttp = {{ path = \"/in/{{$.id}}\" }}\n",
+            rx.url
+        ),
+    )
+    .unwrap();
+    let config = dir.path().join("gateway.toml");
+    std::fs::write(&config, "[defaults]\nchannels = 16\ncommit_interval_ms = 200\nadmin_addr = \"\"\n[profile.local]\nbrokers = [\"127.0.0.1:9092\"]\n").unwrap();
+    let mut records = vec![record(&topic, Some("A"), br#"{"id": "a1"}"#)];
+    for i in 0..10 {
+        records.push(record(&topic, Some(&format!("B{i}")), format!(r#"{{"id": "b{i}"}}"#).as_bytes()));
+    }
+    records.push(record(&topic, Some("A"), br#"{"id": "a2"}"#));
+    produce(&records).await;
+    let gw = Gateway::start(&config, &routes, base_env());
+    wait_until("all delivered", Duration::from_secs(30), || ids(&rx).contains(&"a2".to_string()) && ids(&rx).iter().filter(|i| i.starts_with('b')).count() == 10).await;
+    let got = ids(&rx);
+    let a1_done = got.iter().rposition(|i| i == "a1").unwrap();
+    let a2 = got.iter().position(|i| i == "a2").unwrap();
+    assert!(a2 > a1_done, "same key stays in order: {got:?}");
+    let before = got[..a1_done].iter().filter(|i| i.starts_with('b')).count();
+    assert!(before >= 5, "other keys did not wait for the retrying key: {got:?}");
+    wait_until("committed", Duration::from_secs(10), || committed(&group, &topic, 1) == vec![12]).await;
+    gw.stop().await;
+}
