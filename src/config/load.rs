@@ -538,7 +538,9 @@ impl Compiler<'_> {
                     return None;
                 }
                 let pool_size = s.pool_size.as_ref().map(|p| (*p.get_ref()).max(1) as usize).unwrap_or(4);
-                (SinkKind::Sql { url, pool_size }, String::new())
+                let max_rows = s.batch_max_rows.as_ref().map(|b| (*b.get_ref()).clamp(1, 10_000) as usize).unwrap_or(1);
+                let linger = Duration::from_millis(s.batch_linger_ms.as_ref().map(|b| (*b.get_ref()).clamp(0, 10_000) as u64).unwrap_or(0));
+                (SinkKind::Sql { url, pool_size, batch: super::Batching { max_rows, linger } }, String::new())
             }
             "blackhole" => (SinkKind::Blackhole, String::new()),
             other => {

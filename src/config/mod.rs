@@ -190,9 +190,26 @@ pub struct SinkSpec {
     pub kind: SinkKind,
 }
 
+impl SinkSpec {
+    /// Batching of an SQL sink; `None` when messages go one at a time.
+    pub fn batching(&self) -> Option<Batching> {
+        match &self.kind {
+            SinkKind::Sql { batch, .. } if batch.max_rows > 1 => Some(*batch),
+            _ => None,
+        }
+    }
+}
+
+/// How many consecutive messages a sink may write together.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Batching {
+    pub max_rows: usize,
+    pub linger: Duration,
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub enum SinkKind {
     Http { timeout: Duration, retryable_statuses: Option<Vec<u16>> },
-    Sql { url: String, pool_size: usize },
+    Sql { url: String, pool_size: usize, batch: Batching },
     Blackhole,
 }

@@ -112,6 +112,10 @@ pub struct RawSink {
     pub headers: BTreeMap<String, Spanned<String>>,
     /// SQL: connections in the pool.
     pub pool_size: Option<Spanned<i64>>,
+    /// SQL: consecutive messages of a partition written in one transaction (default 1).
+    pub batch_max_rows: Option<Spanned<i64>>,
+    /// SQL: how long a batch waits to fill, ms (default 0: take what is queued).
+    pub batch_linger_ms: Option<Spanned<i64>>,
     /// HTTP: statuses worth retrying (default 408, 429 and 5xx); other non-2xx are permanent.
     pub retryable_statuses: Option<Spanned<Vec<i64>>>,
 }

@@ -149,12 +149,26 @@ impl Lanes {
 
 /// Delivers one partition's messages one at a time, in order.
 async fn lane_worker(shared: Arc<Shared>, mut rx: mpsc::Receiver<Job>) {
-    while let Some(job) = rx.recv().await {
+    let mut next: Option<Job> = None;
+    loop {
+        let job = match next.take() {
+            Some(j) => j,
+            None => match rx.recv().await {
+                Some(j) => j,
+                None => break,
+            },
+        };
         if shared.shutdown.stop.is_cancelled() {
             continue; // not started: left unfinished, redelivered after restart
         }
-        if lock(&shared.tracker).generation(job.meta.partition) != Some(job.generation) {
+        if !shared.owns(&job) {
             continue; // partition revoked since the message was read
+        }
+        if let Some(batching) = batching_of(&job) {
+            let (batch, rest) = collect_batch(job, &mut rx, batching).await;
+            next = rest;
+            deliver_batch(&shared, batch).await;
+            continue;
         }
         let done = match &job.work {
             Work::Deliver { route, value } => deliver(&shared, &job, *route, value).await,
@@ -163,6 +177,93 @@ async fn lane_worker(shared: Arc<Shared>, mut rx: mpsc::Receiver<Job>) {
             }
         };
         if done {
+            shared.finish(&job.meta, job.generation);
+        }
+    }
+}
+
+/// The batching of the job's sink, when it has one.
+fn batching_of(job: &Job) -> Option<(usize, crate::config::Batching)> {
+    let Work::Deliver { route, .. } = &job.work else { return None };
+    let sink = job.view.subscription().routes[*route].sink;
+    job.view.config.sinks[sink].batching().map(|b| (sink, b))
+}
+
+/// Takes the consecutive jobs for the same sink (and configuration) that are
+/// queued, waiting up to the linger time; returns the first job that does not
+/// fit so it is handled next, in order.
+async fn collect_batch(first: Job, rx: &mut mpsc::Receiver<Job>, (sink, b): (usize, crate::config::Batching)) -> (Vec<Job>, Option<Job>) {
+    let deadline = tokio::time::Instant::now() + b.linger;
+    let mut batch = vec![first];
+    while batch.len() < b.max_rows {
+        let j = match rx.try_recv() {
+            Ok(j) => j,
+            Err(_) if b.linger.is_zero() => break,
+            Err(_) => match tokio::time::timeout_at(deadline, rx.recv()).await {
+                Ok(Some(j)) => j,
+                _ => break,
+            },
+        };
+        let fits = Arc::ptr_eq(&j.view, &batch[0].view) && batching_of(&j).is_some_and(|(s, _)| s == sink);
+        if !fits {
+            return (batch, Some(j));
+        }
+        batch.push(j);
+    }
+    (batch, None)
+}
+
+/// Writes a batch in one transaction; when that fails, delivers its messages
+/// one by one so only the bad one is retried or dead-lettered.
+async fn deliver_batch(shared: &Shared, batch: Vec<Job>) {
+    let mut requests = Vec::with_capacity(batch.len());
+    for job in &batch {
+        let Work::Deliver { route, value } = &job.work else { break };
+        let r = &job.view.subscription().routes[*route];
+        if r.schema.as_ref().is_some_and(|s| s.check(value).is_err()) {
+            break;
+        }
+        match r.shape(job.raw.as_deref().unwrap_or_default(), value, &job.meta) {
+            Ok(crate::shape::Request::Sql(q)) => requests.push(q),
+            _ => break,
+        }
+    }
+    if requests.len() == batch.len() && batch.len() > 1 {
+        let view = &batch[0].view;
+        let sink = &view.sinks[batching_of(&batch[0]).map(|(s, _)| s).unwrap_or(0)];
+        let refs: Vec<&crate::shape::SqlRequest> = requests.iter().collect();
+        let started = Instant::now();
+        let result = {
+            let _slot = shared.slots.acquire().await;
+            tokio::select! {
+                biased;
+                _ = shared.shutdown.abort.cancelled() => return,
+                r = sink.deliver_batch(&refs) => r,
+            }
+        };
+        match result {
+            Ok(()) => {
+                for job in &batch {
+                    let Work::Deliver { route, .. } = &job.work else { continue };
+                    let counters = &job.view.counters[*route];
+                    counters.sink_latency.observe(started.elapsed());
+                    inc(&counters.delivered);
+                    if let Some(d) = crate::metrics::since_record(job.meta.timestamp_ms) {
+                        counters.end_to_end.observe(d);
+                    }
+                    shared.finish(&job.meta, job.generation);
+                }
+                return;
+            }
+            Err(e) => tracing::warn!(group = %shared.group, messages = batch.len(), error = %e, "batch failed; delivering its messages one by one"),
+        }
+    }
+    for job in batch {
+        if shared.shutdown.stop.is_cancelled() || !shared.owns(&job) {
+            continue;
+        }
+        let Work::Deliver { route, value } = &job.work else { continue };
+        if deliver(shared, &job, *route, value).await {
             shared.finish(&job.meta, job.generation);
         }
     }

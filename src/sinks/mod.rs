@@ -52,9 +52,18 @@ impl Sink {
         let err = |reason: String| BuildError { id: spec.id.clone(), reason };
         Ok(match &spec.kind {
             SinkKind::Http { timeout, retryable_statuses } => Sink::Http(http::HttpSink::new(*timeout, retryable_statuses.clone()).map_err(err)?),
-            SinkKind::Sql { url, pool_size } => Sink::Sql(sql::SqlSink::new(url, *pool_size).map_err(err)?),
+            SinkKind::Sql { url, pool_size, .. } => Sink::Sql(sql::SqlSink::new(url, *pool_size).map_err(err)?),
             SinkKind::Blackhole => Sink::Blackhole,
         })
+    }
+
+    /// Several SQL requests in one transaction; any failure fails them all
+    /// (the caller then delivers them one by one).
+    pub async fn deliver_batch(&self, reqs: &[&crate::shape::SqlRequest]) -> Result<(), DeliveryError> {
+        match self {
+            Sink::Sql(s) => s.deliver_batch(reqs).await,
+            _ => Err(DeliveryError::permanent("only SQL sinks take batches")),
+        }
     }
 
     pub async fn deliver(&self, req: &Request) -> Result<(), DeliveryError> {

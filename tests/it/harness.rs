@@ -229,6 +229,10 @@ impl Gateway {
 
     /// With `reload`, the gateway watches its files as `vedgate run` does.
     pub fn start_with(config_path: &Path, routes: &Path, env: Env, reload: bool) -> Gateway {
+        // VEDGATE_TEST_LOG=debug shows the in-process gateways' logs.
+        if let Ok(f) = std::env::var("VEDGATE_TEST_LOG") {
+            let _ = tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::new(f)).with_test_writer().try_init();
+        }
         let opts = LoadOptions { config_path: config_path.to_path_buf(), routes_path: routes.to_path_buf(), profile: Some("local".into()), env };
         let (cfg, _warnings) = config::load(&opts).unwrap_or_else(|d| panic!("config does not load:\n{d}"));
         let shutdown = Shutdown::default();

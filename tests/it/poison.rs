@@ -172,3 +172,40 @@ async fn without_a_dead_letter_topic_the_partition_stops_and_others_move() {
     assert_eq!(c[0], end[0] - 2, "the stuck partition is committed up to the stuck message");
     gw.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_sql_batch_delivers_the_good_messages_and_dead_letters_the_bad_one() {
+    let topic = unique("batch");
+    let group = unique("g-batch");
+    create_topic(&topic, 1).await;
+    let (db_url, db) = fresh_db().await;
+    db.batch_execute("CREATE TABLE amounts (id text PRIMARY KEY, amount numeric NOT NULL)").await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let routes = dir.path().join("routes");
+    std::fs::create_dir_all(&routes).unwrap();
+    std::fs::write(
+        routes.join("r.toml"),
+        format!(
+            "[[subscription]]\nname = \"s\"\ntopic = \"{topic}\"\ngroup = \"{group}\"\n\n[sink.db]\ntype = \"sql\"\nurl = \"{db_url}\"\nbatch_max_rows = 100\nbatch_linger_ms = 20\n\n[[route]]\nname = \"amounts\"\nsubscription = \"s\"\nwhen = [{{ path = \"$.id\", exists = true }}]\nsink = \"db\"\nsql = {{ statement = \"INSERT INTO amounts (id, amount) VALUES (:id, :amount)\", params = {{ id = \"$.id\", amount = \"$.amount\" }} }}\n"
+        ),
+    )
+    .unwrap();
+    let mut records = Vec::new();
+    for i in 0..300 {
+        let amount = if i == 137 { r#""abc""#.to_string() } else { format!("{i}.{:02}", i % 100) };
+        records.push(record(&topic, None, format!(r#"{{"id": "r{i}", "amount": {amount}}}"#).as_bytes()));
+    }
+    produce(&records).await;
+    let gw = Gateway::start(&test_gateway_toml(dir.path()), &routes, base_env());
+    wait_until("committed to the end", Duration::from_secs(60), || committed(&group, &topic, 1) == vec![300]).await;
+    let n: i64 = db.query_one("SELECT count(*) FROM amounts", &[]).await.unwrap().get(0);
+    assert_eq!(n, 299, "every good row written once");
+    let exact: String = db.query_one("SELECT amount::text FROM amounts WHERE id = 'r299'", &[]).await.unwrap().get(0);
+    assert_eq!(exact, "299.99");
+    let dl = read_topic(&format!("{group}.dlq"), Duration::from_secs(20), |rs| !rs.is_empty());
+    assert_eq!(dl.len(), 1);
+    assert_eq!(dl[0].headers["vedgate-original-offset"], "137");
+    assert_eq!(dl[0].headers["vedgate-error-class"], "permanent");
+    assert!(dl[0].headers["vedgate-error-reason"].contains("not a decimal"), "{:?}", dl[0].headers);
+    gw.stop().await;
+}
