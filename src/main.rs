@@ -45,6 +45,9 @@ enum Command {
         /// Treat warnings as errors.
         #[arg(long)]
         deny_warnings: bool,
+        /// Skip the checks that read the environment (unset variables).
+        #[arg(long)]
+        offline: bool,
     },
     /// Show which route takes each message and the exact request, with no I/O.
     DryRun {
@@ -123,7 +126,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing(&cli.log_format);
     match cli.command {
-        Command::Validate { args, deny_warnings } => validate(&args, deny_warnings),
+        Command::Validate { args, deny_warnings, offline } => validate(&args, deny_warnings, offline),
         Command::Run(args) => run(&args),
         Command::Migrate { command: MigrateCommand::Status { args, group, topic, json } } => migrate_status(&args, &group, topic, json),
         Command::Check { args, json } => {
@@ -189,9 +192,11 @@ fn load(args: &ConfigArgs) -> Result<(config::Config, config::Diagnostics), conf
     })
 }
 
-fn validate(args: &ConfigArgs, deny_warnings: bool) -> ExitCode {
+fn validate(args: &ConfigArgs, deny_warnings: bool, offline: bool) -> ExitCode {
     match load(args) {
-        Ok((cfg, diags)) => {
+        Ok((cfg, mut diags)) => {
+            let files: Vec<&std::path::Path> = cfg.files.iter().map(|p| p.as_path()).collect();
+            diags.0.extend(config::lint::lint(&files, &Env::from_process(), offline).0);
             print!("{diags}");
             let warnings = diags.warnings().count();
             let routes: usize = cfg.subscriptions.iter().map(|s| s.routes.len()).sum();

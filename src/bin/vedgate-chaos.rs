@@ -352,7 +352,8 @@ async fn receive(listen: &str, faults: &str, out: &Path) -> anyhow::Result<()> {
         })
     };
     let app = axum::Router::new().fallback(handle).with_state(rx.clone());
-    let server = tokio::spawn(axum::serve(FaultyListener { addr, inner: Some(listener), rx: rx.clone() }, app).into_future());
+    let faulty = FaultyListener { addr, inner: Some(listener), rx: rx.clone() };
+    let server = tokio::spawn(async move { axum::serve(faulty, app).await });
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}

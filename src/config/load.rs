@@ -81,7 +81,21 @@ pub fn load(opts: &LoadOptions) -> Result<(Config, Diagnostics), Diagnostics> {
     }
     let Compiler { mut diags, subs, sinks, .. } = compiler;
     for sub in &subs {
-        for (earlier, later) in sub.table.shadowed() {
+        let shadowed = sub.table.shadowed();
+        for (a, b, what) in sub.table.overlaps() {
+            if shadowed.iter().any(|(e, l)| (*e, *l) == (a, b)) {
+                continue;
+            }
+            let (ra, rb) = (&sub.routes[a], &sub.routes[b]);
+            diags.push(super::Diagnostic {
+                severity: super::Severity::Warning,
+                path: rb.file.clone(),
+                line: 0,
+                col: 0,
+                message: format!("routes {:?} and {:?} of group {:?} both claim messages where {what}; the first ({:?}) takes them: there is no fan-out", ra.name, rb.name, sub.group, ra.name),
+            });
+        }
+        for (earlier, later) in shadowed {
             let (e, l) = (&sub.routes[earlier], &sub.routes[later]);
             diags.push(super::Diagnostic {
                 severity: super::Severity::Warning,
@@ -394,6 +408,19 @@ impl Compiler<'_> {
                     },
                     None => None,
                 };
+                if let Some(sc) = &schema {
+                    let mut paths: Vec<&Spanned<String>> = r.when.iter().map(|p| &p.get_ref().path).collect();
+                    if let Some(q) = &r.sql {
+                        paths.extend(q.get_ref().params.values().filter(|v| v.get_ref().starts_with('$')));
+                    }
+                    for p in paths {
+                        if let Ok(jp) = JsonPath::parse(p.get_ref()) {
+                            if !sc.declares(&jp) {
+                                self.diags.push(src.warning(span(p), format!("{} cannot match the route's schema {}: a property it names is not declared", p.get_ref(), sc.path.display())));
+                            }
+                        }
+                    }
+                }
                 let order_key = match &r.order_key {
                     Some(k) => match Source::parse(k.get_ref()) {
                         Ok(s) if !s.is_element() => Some(s),
@@ -453,7 +480,7 @@ impl Compiler<'_> {
         };
         match jsonschema::validator_for(&json) {
             Ok(v) => {
-                let s = super::MessageSchema { path, validator: Arc::new(v) };
+                let s = super::MessageSchema { path, validator: Arc::new(v), json: Arc::new(json) };
                 self.schemas.insert(key, s.clone());
                 Some(s)
             }

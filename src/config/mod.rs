@@ -4,6 +4,7 @@
 
 pub mod diag;
 pub mod env;
+pub mod lint;
 pub mod load;
 pub mod raw;
 
@@ -143,6 +144,7 @@ pub struct Route {
 pub struct MessageSchema {
     pub path: PathBuf,
     pub validator: std::sync::Arc<jsonschema::Validator>,
+    pub json: std::sync::Arc<serde_json::Value>,
 }
 
 impl std::fmt::Debug for MessageSchema {
@@ -152,6 +154,30 @@ impl std::fmt::Debug for MessageSchema {
 }
 
 impl MessageSchema {
+    /// Whether every property a singular path names is declared along the
+    /// schema's `properties`/`items` (unknown shapes count as declared).
+    pub fn declares(&self, path: &crate::routing::JsonPath) -> bool {
+        let Some(steps) = path.steps() else { return true };
+        let mut node = self.json.as_ref();
+        for step in steps {
+            let next = match step {
+                Some(name) => match node.get("properties") {
+                    Some(props) => match props.get(name) {
+                        Some(n) => n,
+                        None => return false,
+                    },
+                    None => return true,
+                },
+                None => match node.get("items") {
+                    Some(n) => n,
+                    None => return true,
+                },
+            };
+            node = next;
+        }
+        true
+    }
+
     /// `Err` names the failing path: `schema doc-status.schema.json: at /payload/status: ...`.
     pub fn check(&self, msg: &serde_json::Value) -> Result<(), String> {
         match self.validator.iter_errors(msg).next() {

@@ -55,6 +55,17 @@ impl JsonPath {
         matches!(self.kind, PathKind::Singular(_))
     }
 
+    /// The steps of a singular path: `Some(name)` for a name, `None` for an index.
+    pub fn steps(&self) -> Option<Vec<Option<&str>>> {
+        match &self.kind {
+            PathKind::Singular(steps) => Some(steps.iter().map(|s| match s {
+                Step::Name(n) => Some(n.as_str()),
+                Step::Index(_) => None,
+            }).collect()),
+            PathKind::General(_) => None,
+        }
+    }
+
     /// The one value the path selects: the first when it selects several.
     pub fn first<'a>(&self, root: &'a Value) -> Option<&'a Value> {
         match &self.kind {

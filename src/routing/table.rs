@@ -186,6 +186,27 @@ impl RouteTable {
     }
 }
 
+impl RouteTable {
+    /// Pairs of routes whose index values overlap: both claim some messages,
+    /// and the earlier takes them (there is no fan-out).
+    pub fn overlaps(&self) -> Vec<(usize, usize, String)> {
+        let mut out = Vec::new();
+        for ix in &self.indexes {
+            for (value, bucket) in &ix.by_value {
+                for (n, &a) in bucket.iter().enumerate() {
+                    for &b in &bucket[n + 1..] {
+                        if !out.iter().any(|(x, y, _)| (*x, *y) == (a, b)) {
+                            out.push((a, b, format!("{} = {:?}", ix.path.as_str(), value)));
+                        }
+                    }
+                }
+            }
+        }
+        out.sort();
+        out
+    }
+}
+
 /// Whether predicate `a` holding guarantees predicate `b` holds.
 fn implies(a: &Predicate, b: &Predicate) -> bool {
     if a.path.as_str() != b.path.as_str() {

@@ -150,3 +150,69 @@ fn route_test_cases_pass_and_a_wrong_expectation_fails() {
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("FAILED") && out.contains("expected \"bank-swift-detail\", got \"doc-status\""), "{out}");
 }
+
+#[test]
+fn validate_warns_and_deny_warnings_makes_them_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let routes = dir.path().join("routes");
+    std::fs::create_dir_all(&routes).unwrap();
+    let schema = repo().join("schemas/doc-status.schema.json");
+    std::fs::write(
+        routes.join("w.toml"),
+        format!(
+            r#"[[subscription]]
+name = "s"
+topic = "t"
+group = "g"
+
+[sink.h]
+type = "http"
+url = "http://127.0.0.1:1"
+headers = {{ "Authorization" = "Bearer literally-here" }}
+
+[sink.unused]
+type = "blackhole"
+
+[[route]]
+name = "a"
+subscription = "s"
+when = [{{ path = "$.meta.code", one_of = ["DOC_STATUS", "X"] }}]
+sink = "h"
+schema = "{}"
+http = {{ path = "/a" }}
+
+[[route]]
+name = "b"
+subscription = "s"
+when = [{{ path = "$.meta.code", equals = "X" }}, {{ path = "$.payload.ordID", exists = true }}]
+sink = "h"
+http = {{ path = "/b" }}
+
+[[route]]
+name = "c"
+subscription = "s"
+when = [{{ path = "$.meta.code", equals = "DOC_STATUS" }}, {{ path = "$.payload.ordID", exists = true }}]
+sink = "h"
+schema = "{}"
+http = {{ path = "/c" }}
+"#,
+            schema.display(),
+            schema.display()
+        ),
+    )
+    .unwrap();
+    let config = test_gateway_toml(dir.path());
+    let (c, r) = (config.to_str().unwrap(), routes.to_str().unwrap());
+    let (code, out) = vedgate(&["validate", "--offline", "--config", c, "--routes", r]);
+    assert_eq!(code, 0, "{out}");
+    for want in [
+        "a credential is written literally",
+        "sink \"unused\" is not used",
+        "route \"b\" can never match",
+        "$.payload.ordID cannot match the route's schema",
+    ] {
+        assert!(out.contains(want), "missing {want:?} in:\n{out}");
+    }
+    let (code, out) = vedgate(&["validate", "--offline", "--deny-warnings", "--config", c, "--routes", r]);
+    assert_eq!(code, 64, "{out}");
+}
