@@ -28,6 +28,8 @@ pub const CONFIG_LOADED_AT: &str = "vedgate_config_loaded_timestamp_seconds";
 pub const STALLED_PARTITIONS: &str = "vedgate_stalled_partitions";
 /// Deliveries stopped on a message that can be neither delivered nor dead-lettered.
 pub const BLOCKED_PARTITIONS: &str = "vedgate_blocked_partitions";
+/// Mirror copies by route, the primary's outcome and the mirror's outcome class.
+pub const MIRROR_TOTAL: &str = "vedgate_mirror_total";
 /// Kafka client errors per group.
 pub const KAFKA_ERRORS_TOTAL: &str = "vedgate_kafka_errors_total";
 

@@ -33,7 +33,8 @@ impl Env {
         self.vars.get(key).map(String::as_str)
     }
 
-    /// Expands `${VAR}` and `${VAR:-default}` in `input`. `$${` is a literal `${`.
+    /// Expands `${VAR}`, `${VAR:-default}` and `${file:/path}` (the file's
+    /// contents, trailing newline removed) in `input`. `$${` is a literal `${`.
     /// Other `$` characters (JSONPaths such as `$.payload`) are left alone.
     pub fn expand(&self, input: &str) -> Result<String, ExpandError> {
         let mut out = String::with_capacity(input.len());
@@ -47,6 +48,13 @@ impl Env {
             } else if let Some(tail) = after.strip_prefix("${") {
                 let end = tail.find('}').ok_or_else(|| ExpandError::Unclosed(input.to_string()))?;
                 let inner = &tail[..end];
+                if let Some(path) = inner.strip_prefix("file:") {
+                    // A secret mounted as a file (Kubernetes, systemd credentials).
+                    let text = std::fs::read_to_string(path).map_err(|e| ExpandError::File(path.to_string(), e.to_string()))?;
+                    out.push_str(text.trim_end_matches(['\n', '\r']));
+                    rest = &tail[end + 1..];
+                    continue;
+                }
                 let (name, default) = match inner.split_once(":-") {
                     Some((n, d)) => (n, Some(d)),
                     None => (inner, None),
@@ -81,7 +89,9 @@ impl Env {
             let tail = &rest[pos + 2..];
             let Some(end) = tail.find('}') else { break };
             let inner = &tail[..end];
-            names.push(inner.split_once(":-").map(|(n, _)| n).unwrap_or(inner).to_string());
+            if !inner.starts_with("file:") {
+                names.push(inner.split_once(":-").map(|(n, _)| n).unwrap_or(inner).to_string());
+            }
             rest = &tail[end + 1..];
         }
         names
@@ -96,6 +106,8 @@ pub enum ExpandError {
     Unclosed(String),
     #[error("bad environment variable name {0:?}")]
     BadName(String),
+    #[error("cannot read secret file {0}: {1}")]
+    File(String, String),
 }
 
 #[cfg(test)]
@@ -112,6 +124,15 @@ mod tests {
         assert_eq!(env.expand("$${A}").unwrap(), "${A}");
         assert_eq!(env.expand("${B}"), Err(ExpandError::Unset("B".into())));
         assert!(env.expand("${A").is_err());
+    }
+
+    #[test]
+    fn reads_secrets_from_files() {
+        let f = std::env::temp_dir().join(format!("vedgate-secret-{}", std::process::id()));
+        std::fs::write(&f, "s3cret\n").unwrap();
+        let env = Env::default();
+        assert_eq!(env.expand(&format!("Bearer ${{file:{}}}", f.display())).unwrap(), "Bearer s3cret");
+        assert!(env.expand("${file:/nonexistent/x}").is_err());
     }
 
     #[test]

@@ -24,6 +24,9 @@ pub fn lint(files: &[&Path], env: &Env, offline: bool) -> Diagnostics {
             }
             let Some(end) = text[at..].find('}') else { break };
             let inner = &text[at + 2..at + end];
+            if inner.starts_with("file:") {
+                continue;
+            }
             let (name, default) = match inner.split_once(":-") {
                 Some((n, d)) => (n, Some(d)),
                 None => (inner, None),

@@ -435,7 +435,35 @@ impl Compiler<'_> {
                     },
                     None => None,
                 };
-                new_routes.push((sub, Route { name, file: src.path.clone(), sink: sink.index, shape, retry, schema, order_key }, enabled.then_some(preds)));
+                let observe = match r.mode.as_ref().map(|m| m.get_ref().as_str()) {
+                    None | Some("deliver") => false,
+                    Some("observe") => true,
+                    Some(other) => {
+                        self.diags.push(src.error(r.mode.as_ref().map(|m| m.span()), format!("unknown mode {other:?} (expected deliver or observe)")));
+                        continue;
+                    }
+                };
+                let mirror = match &r.mirror {
+                    None => None,
+                    Some(m) => match sinks.get(m.get_ref()) {
+                        None => {
+                            self.diags.push(src.error(span(m), format!("unknown mirror sink {:?}", m.get_ref())));
+                            continue;
+                        }
+                        Some(ms) if ms.kind != sink.kind => {
+                            self.diags.push(src.error(span(m), format!("mirror sink {:?} is {}, the route's sink is {}: a mirror gets the same request, so the kinds must match", m.get_ref(), ms.kind, sink.kind)));
+                            continue;
+                        }
+                        Some(ms) => {
+                            used_sinks.insert(m.get_ref().clone());
+                            match self.route_shape(src, r, ms) {
+                                Some(shape) => Some(super::Mirror { sink: ms.index, shape }),
+                                None => continue,
+                            }
+                        }
+                    },
+                };
+                new_routes.push((sub, Route { name, file: src.path.clone(), sink: sink.index, shape, retry, schema, order_key, observe, mirror }, enabled.then_some(preds)));
             }
         }
         for (name, sink) in &raw.sink {

@@ -137,6 +137,31 @@ pub struct Route {
     pub schema: Option<MessageSchema>,
     /// `None`: partition order.
     pub order_key: Option<crate::shape::Source>,
+    /// `mode = "observe"`: match and count, deliver nowhere.
+    pub observe: bool,
+    /// A second sink that gets a copy; its failures never hold back the primary.
+    pub mirror: Option<Mirror>,
+}
+
+#[derive(Debug)]
+pub struct Mirror {
+    /// Index into [`Config::sinks`].
+    pub sink: usize,
+    pub shape: Shape,
+}
+
+impl Mirror {
+    pub fn shape(&self, raw: &[u8], msg: &serde_json::Value, meta: &RecordMeta) -> Result<Request, ShapeError> {
+        shape_request(&self.shape, raw, msg, meta)
+    }
+}
+
+fn shape_request(shape: &Shape, raw: &[u8], msg: &serde_json::Value, meta: &RecordMeta) -> Result<Request, ShapeError> {
+    Ok(match shape {
+        Shape::Http(h) => Request::Http(h.shape(raw, msg, meta)?),
+        Shape::Sql(s) => Request::Sql(s.shape(msg, meta)?),
+        Shape::Discard => Request::Discard,
+    })
 }
 
 /// A compiled JSON Schema a route requires of its messages.
@@ -201,11 +226,7 @@ pub enum Shape {
 impl Route {
     /// The exact request the route's sink would send for this message.
     pub fn shape(&self, raw: &[u8], msg: &serde_json::Value, meta: &RecordMeta) -> Result<Request, ShapeError> {
-        Ok(match &self.shape {
-            Shape::Http(h) => Request::Http(h.shape(raw, msg, meta)?),
-            Shape::Sql(s) => Request::Sql(s.shape(msg, meta)?),
-            Shape::Discard => Request::Discard,
-        })
+        shape_request(&self.shape, raw, msg, meta)
     }
 }
 

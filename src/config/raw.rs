@@ -146,6 +146,11 @@ pub struct RawRoute {
     /// of one partition are delivered concurrently, the same key in order.
     /// Default: the whole partition in order.
     pub order_key: Option<Spanned<String>>,
+    /// `deliver` (default) or `observe`: match and count, deliver nowhere.
+    pub mode: Option<Spanned<String>>,
+    /// Name of a second sink of this file (same kind) that gets a copy of every
+    /// delivery; its failures never block the commit or retry the primary.
+    pub mirror: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -280,7 +280,68 @@ enum DeadLetterResult {
 
 /// Shapes and delivers one message: retries what can be retried, dead-letters
 /// what cannot. Returns whether the message is final.
+/// How a message's delivery ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    Delivered,
+    DeadLettered,
+    /// Stopped, revoked or cut short: not final, redelivered later.
+    Unfinished,
+}
+
+impl Outcome {
+    fn label(self) -> &'static str {
+        match self {
+            Outcome::Delivered => "delivered",
+            Outcome::DeadLettered => "dead_lettered",
+            Outcome::Unfinished => "unfinished",
+        }
+    }
+}
+
+/// Delivers one message by its route: observe-only routes just count, and a
+/// mirror gets a copy that never holds back or retries the primary.
 async fn deliver(shared: &Shared, job: &Job, route_idx: usize, value: &serde_json::Value) -> bool {
+    let route = &job.view.subscription().routes[route_idx];
+    if route.observe {
+        inc(&job.view.counters[route_idx].skipped);
+        return true;
+    }
+    let mirror = route.mirror.as_ref().map(|m| start_mirror(shared, job, route, m, value));
+    let outcome = deliver_primary(shared, job, route_idx, value).await;
+    if let Some(tx) = mirror {
+        let _ = tx.send(outcome);
+    }
+    outcome != Outcome::Unfinished
+}
+
+/// Sends the mirror copy in the background, once, bounded by the
+/// subscription's mirror slots; counts it beside the primary's outcome.
+fn start_mirror(shared: &Shared, job: &Job, route: &crate::config::Route, m: &crate::config::Mirror, value: &serde_json::Value) -> tokio::sync::oneshot::Sender<Outcome> {
+    let (tx, rx) = tokio::sync::oneshot::channel::<Outcome>();
+    let metrics = shared.metrics.clone();
+    let route_name = route.name.clone();
+    let permit = shared.mirror_slots.clone().try_acquire_owned().ok();
+    let request = m.shape(job.raw.as_deref().unwrap_or_default(), value, &job.meta);
+    let view = job.view.clone();
+    let sink_idx = m.sink;
+    tokio::spawn(async move {
+        let mirror = match (permit, request) {
+            (None, _) => "dropped",
+            (Some(_p), Err(_)) => "permanent_error",
+            (Some(_p), Ok(req)) => match tokio::time::timeout(std::time::Duration::from_secs(30), view.sinks[sink_idx].deliver(&req)).await {
+                Ok(Ok(())) => "delivered",
+                Ok(Err(DeliveryError::Retryable { .. })) | Err(_) => "retryable_error",
+                Ok(Err(DeliveryError::Permanent { .. })) => "permanent_error",
+            },
+        };
+        let primary = rx.await.map(Outcome::label).unwrap_or("unfinished");
+        inc(&metrics.counter(crate::metrics::MIRROR_TOTAL, &[("route", &route_name), ("primary", primary), ("mirror", mirror)]));
+    });
+    tx
+}
+
+async fn deliver_primary(shared: &Shared, job: &Job, route_idx: usize, value: &serde_json::Value) -> Outcome {
     let view = &job.view;
     let sub = view.subscription();
     let route = &sub.routes[route_idx];
@@ -290,9 +351,9 @@ async fn deliver(shared: &Shared, job: &Job, route_idx: usize, value: &serde_jso
             return match dead_letter(shared, job, &route.name, ErrorClass::Schema, &reason, 0).await {
                 DeadLetterResult::Written => {
                     inc(&counters.dead_lettered);
-                    true
+                    Outcome::DeadLettered
                 }
-                DeadLetterResult::Stopped => false,
+                DeadLetterResult::Stopped => Outcome::Unfinished,
                 DeadLetterResult::NoTopic => {
                     // Without a dead-letter topic a message that fails its schema is still delivered:
                     // the sink decides, and a sink error stops the partition as usual.
@@ -305,7 +366,7 @@ async fn deliver(shared: &Shared, job: &Job, route_idx: usize, value: &serde_jso
     deliver_checked(shared, job, route_idx, value).await
 }
 
-async fn deliver_checked(shared: &Shared, job: &Job, route_idx: usize, value: &serde_json::Value) -> bool {
+async fn deliver_checked(shared: &Shared, job: &Job, route_idx: usize, value: &serde_json::Value) -> Outcome {
     // The message finishes under the configuration it started with.
     let view = &job.view;
     let sub = view.subscription();
@@ -325,7 +386,7 @@ async fn deliver_checked(shared: &Shared, job: &Job, route_idx: usize, value: &s
             // Revoked while retrying: the new owner delivers it; sending it
             // again from here would arrive late and out of order.
             tracing::info!(group = %sub.group, route = %route.name, partition = job.meta.partition, offset = job.meta.offset, "partition revoked during retries; message left to its new owner");
-            return false;
+            return Outcome::Unfinished;
         }
         let result = match &request {
             Ok(req) => {
@@ -335,7 +396,7 @@ async fn deliver_checked(shared: &Shared, job: &Job, route_idx: usize, value: &s
                     biased;
                     _ = shared.shutdown.abort.cancelled() => {
                         tracing::warn!(group = %sub.group, route = %route.name, partition = job.meta.partition, offset = job.meta.offset, "grace period over: delivery cut short; the message will be redelivered");
-                        return false;
+                        return Outcome::Unfinished;
                     }
                     r = sink.deliver(req) => r,
                 };
@@ -354,7 +415,7 @@ async fn deliver_checked(shared: &Shared, job: &Job, route_idx: usize, value: &s
                     b.fetch_sub(1, Ordering::Relaxed);
                 }
                 tracing::debug!(group = %sub.group, route = %route.name, partition = job.meta.partition, offset = job.meta.offset, attempt, latency_ms = job.read_at.elapsed().as_millis() as u64, "delivered");
-                return true;
+                return Outcome::Delivered;
             }
             Err(DeliveryError::Retryable { reason, retry_after }) => {
                 if !policy.exhausted(attempt, started.elapsed()) {
@@ -362,7 +423,7 @@ async fn deliver_checked(shared: &Shared, job: &Job, route_idx: usize, value: &s
                     let d = backoff.next(retry_after);
                     tracing::warn!(group = %sub.group, route = %route.name, partition = job.meta.partition, offset = job.meta.offset, attempt, retry_in_ms = d.as_millis() as u64, %reason, "delivery failed; retrying");
                     if !sleep_or_stop(shared, d).await {
-                        return false;
+                        return Outcome::Unfinished;
                     }
                     continue;
                 }
@@ -376,9 +437,9 @@ async fn deliver_checked(shared: &Shared, job: &Job, route_idx: usize, value: &s
                 if let Some(b) = blocked {
                     b.fetch_sub(1, Ordering::Relaxed);
                 }
-                return true;
+                return Outcome::DeadLettered;
             }
-            DeadLetterResult::Stopped => return false,
+            DeadLetterResult::Stopped => return Outcome::Unfinished,
             DeadLetterResult::NoTopic => {
                 // Nowhere to put it and it must not be skipped: the partition stops here.
                 inc(&counters.retried);
@@ -390,7 +451,7 @@ async fn deliver_checked(shared: &Shared, job: &Job, route_idx: usize, value: &s
                 let d = policy.max_delay;
                 tracing::error!(group = %sub.group, route = %route.name, partition = job.meta.partition, offset = job.meta.offset, attempt, class = class.as_str(), retry_in_ms = d.as_millis() as u64, %reason, "cannot deliver and no dead-letter topic: the partition waits on this message");
                 if !sleep_or_stop(shared, d).await {
-                    return false;
+                    return Outcome::Unfinished;
                 }
             }
         }

@@ -291,6 +291,8 @@ struct Shared {
     shutdown: Shutdown,
     /// `CHANNELS_COUNT` delivery slots: held during a sink call, not while backing off.
     slots: tokio::sync::Semaphore,
+    /// Mirror copies in flight; beyond this they are dropped and counted.
+    mirror_slots: Arc<tokio::sync::Semaphore>,
     dead_letters: Option<DeadLetterWriter>,
     metrics: Arc<Metrics>,
 }
@@ -387,6 +389,7 @@ async fn run_subscription(
         tracker: tracker.clone(),
         shutdown: shutdown.clone(),
         slots: tokio::sync::Semaphore::new(config.settings.channels.max(1)),
+        mirror_slots: Arc::new(tokio::sync::Semaphore::new(64)),
         dead_letters,
         metrics: metrics.clone(),
     });

@@ -165,3 +165,83 @@ async fn metrics_show_lag_per_partition_and_counts_per_route() {
     assert!(m.contains("vedgate_broker_up{"), "{m}");
     gw.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mirror_that_is_down_does_not_slow_the_primary_and_observe_mode_delivers_nowhere() {
+    let topic = unique("mirror");
+    let group = unique("g-mirror");
+    create_topic(&topic, 3).await;
+    let primary = Receiver::start().await;
+    let hanging = Receiver::start().await;
+    hanging.set(Answer::StallOn("\"id\"".into()));
+    let dir = tempfile::tempdir().unwrap();
+    let routes = dir.path().join("routes");
+    std::fs::create_dir_all(&routes).unwrap();
+    std::fs::write(
+        routes.join("r.toml"),
+        format!(
+            r#"[[subscription]]
+name = "s"
+topic = "{topic}"
+group = "{group}"
+
+[sink.go-service]
+type = "http"
+url = "{}"
+
+[sink.new-target]
+type = "http"
+url = "http://127.0.0.1:9"
+
+[sink.hanging-target]
+type = "http"
+url = "{}"
+timeout_ms = 60000
+
+[[route]]
+name = "watch-only"
+subscription = "s"
+when = [{{ path = "$.kind", equals = "watch" }}]
+sink = "go-service"
+mode = "observe"
+http = {{ path = "/never" }}
+
+[[route]]
+name = "slow-mirror"
+subscription = "s"
+when = [{{ path = "$.kind", equals = "slow" }}]
+sink = "go-service"
+mirror = "hanging-target"
+http = {{ path = "/in/{{$.id}}" }}
+
+[[route]]
+name = "compare"
+subscription = "s"
+when = [{{ path = "$.id", exists = true }}]
+sink = "go-service"
+mirror = "new-target"
+http = {{ path = "/in/{{$.id}}" }}
+"#,
+            primary.url, hanging.url
+        ),
+    )
+    .unwrap();
+    let mut records: Vec<_> = (0..200).map(|i| record(&topic, Some(&format!("k{i}")), format!(r#"{{"id": "m{i}"}}"#).as_bytes())).collect();
+    records.extend((0..100).map(|i| record(&topic, Some(&format!("s{i}")), format!(r#"{{"id": "s{i}", "kind": "slow"}}"#).as_bytes())));
+    records.extend((0..20).map(|i| record(&topic, None, format!(r#"{{"id": "w{i}", "kind": "watch"}}"#).as_bytes())));
+    produce(&records).await;
+    let started = std::time::Instant::now();
+    let gw = Gateway::start(&test_gateway_toml(dir.path()), &routes, base_env());
+    wait_until("primary deliveries", Duration::from_secs(30), || primary.count() >= 300).await;
+    let took = started.elapsed();
+    let end = end_offsets(&topic, 3);
+    wait_until("committed to the end", Duration::from_secs(10), || committed(&group, &topic, 3) == end).await;
+    assert!(took < Duration::from_secs(15), "primary slowed by its mirror: {took:?}");
+    assert!(primary.requests().iter().all(|r| r.path != "/never"), "observe mode delivers nowhere");
+    assert_eq!(primary.count(), 300);
+    let m = |route: &str, p: &str, mirror: &str| gw.metrics.get(vedgate::metrics::MIRROR_TOTAL, &[("route", route), ("primary", p), ("mirror", mirror)]);
+    wait_until("mirror outcomes counted", Duration::from_secs(20), || m("compare", "delivered", "retryable_error") == 200).await;
+    assert_eq!(gw.metrics.get(vedgate::metrics::MESSAGES_TOTAL, &[("group", &group), ("route", "watch-only"), ("outcome", "skipped")]), 20);
+    assert!(m("slow-mirror", "delivered", "dropped") >= 30, "a hanging mirror holds at most its slots; the rest are dropped and counted");
+    gw.stop().await;
+}
