@@ -38,6 +38,9 @@ pub struct Status {
     pub metrics: Arc<Metrics>,
     pub joined: RwLock<Vec<Arc<AtomicBool>>>,
     pub loaded_at: RwLock<SystemTime>,
+    /// `VEDGATE_ADMIN_TOKEN`: required as a bearer token by endpoints that change state.
+    admin_token: Option<String>,
+    reload_tx: tokio::sync::mpsc::Sender<()>,
 }
 
 impl Status {
@@ -191,7 +194,16 @@ fn fingerprint(opts: &LoadOptions) -> u64 {
 pub async fn run(config: Config, metrics: Arc<Metrics>, shutdown: Shutdown, reload: Option<LoadOptions>) -> Result<(), GatewayError> {
     let config = Arc::new(config);
     let sinks = Arc::new(config.sinks.iter().map(Sink::build).collect::<Result<Vec<_>, _>>()?);
-    let status = Arc::new(Status { config: RwLock::new(config.clone()), metrics: metrics.clone(), joined: RwLock::new(vec![]), loaded_at: RwLock::new(SystemTime::now()) });
+    let (reload_tx, mut reload_rx) = tokio::sync::mpsc::channel::<()>(4);
+    let admin_token = reload.as_ref().and_then(|o| o.env.get("VEDGATE_ADMIN_TOKEN").map(str::to_string));
+    let status = Arc::new(Status {
+        config: RwLock::new(config.clone()),
+        metrics: metrics.clone(),
+        joined: RwLock::new(vec![]),
+        loaded_at: RwLock::new(SystemTime::now()),
+        admin_token,
+        reload_tx,
+    });
     let mut gw = Gateway { metrics: metrics.clone(), shutdown: shutdown.clone(), status: status.clone(), running: BTreeMap::new(), tasks: JoinSet::new(), producer: None, config: config.clone() };
     for i in 0..config.subscriptions.len() {
         gw.start(&config, &sinks, i)?;
@@ -201,7 +213,7 @@ pub async fn run(config: Config, metrics: Arc<Metrics>, shutdown: Shutdown, relo
     let admin = match config.settings.admin_addr {
         Some(addr) => {
             let listener = tokio::net::TcpListener::bind(addr).await.map_err(|source| GatewayError::Admin { addr, source })?;
-            tracing::info!(%addr, "admin server listening (/healthz /readyz /metrics /routes)");
+            tracing::info!(%addr, "admin server listening (/healthz /readyz /metrics /routes, POST /reload)");
             let stop = shutdown.stop.clone();
             Some(tokio::spawn(async move {
                 let _ = axum::serve(listener, admin_router(status)).with_graceful_shutdown(async move { stop.cancelled().await }).await;
@@ -222,6 +234,12 @@ pub async fn run(config: Config, metrics: Arc<Metrics>, shutdown: Shutdown, relo
             Some(()) = async { match hup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => {
                 if let Some(opts) = &reload {
                     gw.reload(opts, "SIGHUP");
+                    loaded_print = Some(fingerprint(opts));
+                }
+            }
+            Some(()) = reload_rx.recv() => {
+                if let Some(opts) = &reload {
+                    gw.reload(opts, "POST /reload");
                     loaded_print = Some(fingerprint(opts));
                 }
             }
@@ -269,7 +287,25 @@ fn admin_router(status: Arc<Status>) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route("/routes", get(routes))
+        .route("/reload", axum::routing::post(reload_endpoint))
         .with_state(status)
+}
+
+/// `POST /reload` with `Authorization: Bearer $VEDGATE_ADMIN_TOKEN`.
+async fn reload_endpoint(State(s): State<Arc<Status>>, headers: axum::http::HeaderMap) -> impl IntoResponse {
+    let Some(token) = &s.admin_token else {
+        return (StatusCode::FORBIDDEN, "POST /reload is disabled: set VEDGATE_ADMIN_TOKEN\n");
+    };
+    let given = headers.get("authorization").and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer ")).unwrap_or("");
+    // Compare in constant time: the token guards state changes.
+    let same = given.len() == token.len() && given.bytes().zip(token.bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0;
+    if !same {
+        return (StatusCode::UNAUTHORIZED, "missing or wrong bearer token\n");
+    }
+    match s.reload_tx.try_send(()) {
+        Ok(()) => (StatusCode::ACCEPTED, "reload requested\n"),
+        Err(_) => (StatusCode::ACCEPTED, "a reload is already pending\n"),
+    }
 }
 
 async fn readyz(State(s): State<Arc<Status>>) -> impl IntoResponse {

@@ -579,7 +579,26 @@ impl Compiler<'_> {
                     }
                     None => None,
                 };
-                (SinkKind::Http { timeout, retryable_statuses }, url.trim_end_matches('/').to_string())
+                let mut file = |f: &Option<Spanned<String>>| -> Option<Option<PathBuf>> {
+                    match f {
+                        None => Some(None),
+                        Some(p) => {
+                            let path = self.expand(src, p)?;
+                            let path = src.path.parent().unwrap_or(Path::new(".")).join(path);
+                            if !path.is_file() {
+                                self.diags.push(src.error(span(p), format!("no such file: {}", path.display())));
+                                return None;
+                            }
+                            Some(Some(path))
+                        }
+                    }
+                };
+                let tls = super::HttpTls { ca_file: file(&s.ca_file)?, client_cert_file: file(&s.client_cert_file)?, client_key_file: file(&s.client_key_file)? };
+                if tls.client_cert_file.is_some() != tls.client_key_file.is_some() {
+                    self.diags.push(src.error(span(sink), "client_cert_file and client_key_file go together"));
+                    return None;
+                }
+                (SinkKind::Http { timeout, retryable_statuses, tls }, url.trim_end_matches('/').to_string())
             }
             "sql" => {
                 let Some(url) = url else {

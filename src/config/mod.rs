@@ -247,6 +247,14 @@ impl SinkSpec {
     }
 }
 
+/// TLS material of an HTTP sink (paths to PEM files).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct HttpTls {
+    pub ca_file: Option<PathBuf>,
+    pub client_cert_file: Option<PathBuf>,
+    pub client_key_file: Option<PathBuf>,
+}
+
 /// How many consecutive messages a sink may write together.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Batching {
@@ -256,7 +264,7 @@ pub struct Batching {
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum SinkKind {
-    Http { timeout: Duration, retryable_statuses: Option<Vec<u16>> },
+    Http { timeout: Duration, retryable_statuses: Option<Vec<u16>>, tls: HttpTls },
     Sql { url: String, pool_size: usize, batch: Batching },
     Blackhole,
 }

@@ -116,6 +116,12 @@ pub struct RawSink {
     pub batch_max_rows: Option<Spanned<i64>>,
     /// SQL: how long a batch waits to fill, ms (default 0: take what is queued).
     pub batch_linger_ms: Option<Spanned<i64>>,
+    /// HTTP: PEM file of the CA that signs the target's certificate (besides the system roots).
+    pub ca_file: Option<Spanned<String>>,
+    /// HTTP: PEM client certificate for mutual TLS (with `client_key_file`).
+    pub client_cert_file: Option<Spanned<String>>,
+    /// HTTP: PEM (PKCS#8) private key of the client certificate.
+    pub client_key_file: Option<Spanned<String>>,
     /// HTTP: statuses worth retrying (default 408, 429 and 5xx); other non-2xx are permanent.
     pub retryable_statuses: Option<Spanned<Vec<i64>>>,
 }

@@ -17,8 +17,18 @@ pub struct HttpSink {
 }
 
 impl HttpSink {
-    pub fn new(timeout: Duration, retryable_statuses: Option<Vec<u16>>) -> Result<Self, String> {
-        let client = reqwest::Client::builder()
+    pub fn new(timeout: Duration, retryable_statuses: Option<Vec<u16>>, tls: &crate::config::HttpTls) -> Result<Self, String> {
+        let read = |p: &std::path::Path| std::fs::read(p).map_err(|e| format!("cannot read {}: {e}", p.display()));
+        let mut builder = reqwest::Client::builder();
+        if let Some(ca) = &tls.ca_file {
+            let cert = reqwest::Certificate::from_pem(&read(ca)?).map_err(|e| format!("{}: not a PEM certificate: {e}", ca.display()))?;
+            builder = builder.add_root_certificate(cert);
+        }
+        if let (Some(cert), Some(key)) = (&tls.client_cert_file, &tls.client_key_file) {
+            let id = reqwest::Identity::from_pkcs8_pem(&read(cert)?, &read(key)?).map_err(|e| format!("client certificate: {e}"))?;
+            builder = builder.identity(id);
+        }
+        let client = builder
             .timeout(timeout)
             .connect_timeout(timeout.min(Duration::from_secs(5)))
             .pool_idle_timeout(Duration::from_secs(60))

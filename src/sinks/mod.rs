@@ -51,7 +51,7 @@ impl Sink {
     pub fn build(spec: &SinkSpec) -> Result<Sink, BuildError> {
         let err = |reason: String| BuildError { id: spec.id.clone(), reason };
         Ok(match &spec.kind {
-            SinkKind::Http { timeout, retryable_statuses } => Sink::Http(http::HttpSink::new(*timeout, retryable_statuses.clone()).map_err(err)?),
+            SinkKind::Http { timeout, retryable_statuses, tls } => Sink::Http(http::HttpSink::new(*timeout, retryable_statuses.clone(), tls).map_err(err)?),
             SinkKind::Sql { url, pool_size, .. } => Sink::Sql(sql::SqlSink::new(url, *pool_size).map_err(err)?),
             SinkKind::Blackhole => Sink::Blackhole,
         })

@@ -245,3 +245,72 @@ http = {{ path = "/in/{{$.id}}" }}
     assert!(m("slow-mirror", "delivered", "dropped") >= 30, "a hanging mirror holds at most its slots; the rest are dropped and counted");
     gw.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_endpoints_answer_and_never_show_secrets() {
+    let topic = unique("admin");
+    let group = unique("g-admin");
+    create_topic(&topic, 1).await;
+    let rx = Receiver::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let routes = dir.path().join("routes");
+    std::fs::create_dir_all(&routes).unwrap();
+    std::fs::write(
+        routes.join("r.toml"),
+        format!(
+            "[[subscription]]\nname = \"s\"\ntopic = \"{topic}\"\ngroup = \"{group}\"\n\n[sink.out]\ntype = \"http\"\nurl = \"{}\"\nheaders = {{ \"Authorization\" = \"Bearer ${{SINK_TOKEN}}\" }}\n\n[[route]]\nname = \"all\"\nsubscription = \"s\"\nwhen = [{{ path = \"$.id\", exists = true }}]\nsink = \"out\"\nhttp = {{ path = \"/in\" }}\n",
+            rx.url
+        ),
+    )
+    .unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let admin = format!("127.0.0.1:{port}");
+    let secret = "s3cr3t-sink-token-value";
+    let log = dir.path().join("gw.log");
+    let config = test_gateway_toml(dir.path());
+    let mut child = spawn_binary_logged(&config, &routes, &[("VEDGATE_ADMIN_ADDR", admin.clone()), ("SINK_TOKEN", secret.into()), ("VEDGATE_ADMIN_TOKEN", "admintoken".into()), ("VEDGATE_LOG", "debug".into())], &log);
+    let http = reqwest::Client::new();
+    let get = |path: &str| {
+        let (http, url) = (http.clone(), format!("http://{admin}{path}"));
+        async move { http.get(url).send().await.map(|r| r.status().as_u16()).unwrap_or(0) }
+    };
+    wait_until_async("healthz", Duration::from_secs(20), || get("/healthz")).await;
+    produce(&[record(&topic, None, br#"{"id": 1}"#)]).await;
+    wait_until("delivered", Duration::from_secs(30), || rx.count() == 1).await;
+    assert_eq!(rx.requests()[0].header("authorization"), Some(&*format!("Bearer {secret}")), "the sink gets the real header");
+    wait_until_async("readyz", Duration::from_secs(20), || get("/readyz")).await;
+    let metrics = http.get(format!("http://{admin}/metrics")).send().await.unwrap().text().await.unwrap();
+    assert!(metrics.contains(&format!("vedgate_messages_total{{group=\"{group}\",route=\"all\",outcome=\"delivered\"}} 1")), "{metrics}");
+    let routes_json = http.get(format!("http://{admin}/routes")).send().await.unwrap().text().await.unwrap();
+    assert!(routes_json.contains("config_hash") && routes_json.contains("\"all\""), "{routes_json}");
+    assert_eq!(http.post(format!("http://{admin}/reload")).send().await.unwrap().status().as_u16(), 401);
+    assert_eq!(http.post(format!("http://{admin}/reload")).bearer_auth("admintoken").send().await.unwrap().status().as_u16(), 202);
+    // The dry run of the same config redacts the credential too.
+    let input = dir.path().join("in.jsonl");
+    std::fs::write(&input, "{\"id\": 2}\n").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_vedgate"))
+        .args(["dry-run", "--config", config.to_str().unwrap(), "--routes", routes.to_str().unwrap(), "--topic", &topic, input.to_str().unwrap()])
+        .env("SINK_TOKEN", secret)
+        .output()
+        .unwrap();
+    let dry = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(dry.contains("[redacted]") && dry.contains("\"route\":\"all\""), "{dry}");
+    let (status, _) = terminate(&mut child).await;
+    assert!(status.success());
+    let logs = std::fs::read_to_string(&log).unwrap();
+    for (what, text) in [("log", &logs), ("/routes", &routes_json), ("/metrics", &metrics), ("dry-run", &dry)] {
+        assert!(!text.contains(secret), "{what} shows the secret");
+    }
+}
+
+async fn wait_until_async<F, Fut>(what: &str, timeout: Duration, mut f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = u16>,
+{
+    let start = std::time::Instant::now();
+    while f().await != 200 {
+        assert!(start.elapsed() < timeout, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
