@@ -65,7 +65,13 @@ fn key(config: &Config, i: usize) -> SubKey {
         topic: s.topic.clone(),
         group: s.group.clone(),
         dead_letter_topic: s.dead_letter_topic.clone(),
-        cluster: format!("{:?}{:?}", config.kafka.brokers, config.kafka.properties),
+        cluster: {
+            // A hash, so the key can be printed without the credentials in it.
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            config.kafka.brokers.hash(&mut h);
+            config.kafka.properties.hash(&mut h);
+            format!("{:016x}", h.finish())
+        },
     }
 }
 

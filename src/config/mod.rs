@@ -87,12 +87,30 @@ impl Default for Settings {
 }
 
 /// The chosen cluster.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Clone, PartialEq)]
 pub struct KafkaSettings {
     pub profile: String,
     pub brokers: Vec<String>,
     /// Extra librdkafka properties of the profile.
     pub properties: BTreeMap<String, String>,
+}
+
+impl std::fmt::Debug for KafkaSettings {
+    /// Credentials never reach a log line, even through `{:?}`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let props: BTreeMap<&str, &str> = self
+            .properties
+            .iter()
+            .map(|(k, v)| (k.as_str(), if is_secret_property(k) { "[redacted]" } else { v.as_str() }))
+            .collect();
+        f.debug_struct("KafkaSettings").field("profile", &self.profile).field("brokers", &self.brokers).field("properties", &props).finish()
+    }
+}
+
+/// librdkafka properties that hold credentials.
+pub fn is_secret_property(key: &str) -> bool {
+    let k = key.to_ascii_lowercase();
+    k.contains("password") || k.contains("secret") || k.ends_with(".pem") || k.contains("key.pem") || k == "sasl.oauthbearer.config"
 }
 
 /// A loaded, checked configuration: what `run` executes.

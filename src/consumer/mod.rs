@@ -94,6 +94,9 @@ pub struct CoreContext {
     joined: Arc<std::sync::atomic::AtomicBool>,
     quiet: QuietContext,
     metrics: Arc<Metrics>,
+    /// An authentication or TLS failure before the group was joined: the
+    /// credentials are wrong, retrying cannot help, and the start must fail.
+    fatal: Mutex<Option<String>>,
 }
 
 impl ClientContext for CoreContext {
@@ -128,6 +131,10 @@ impl ClientContext for CoreContext {
         self.quiet.log(level, fac, message);
     }
     fn error(&self, error: KafkaError, reason: &str) {
+        let auth = matches!(error.rdkafka_error_code(), Some(rdkafka::types::RDKafkaErrorCode::Authentication | rdkafka::types::RDKafkaErrorCode::SaslAuthenticationFailed | rdkafka::types::RDKafkaErrorCode::SSL));
+        if auth && !self.joined.load(std::sync::atomic::Ordering::Relaxed) {
+            lock(&self.fatal).get_or_insert_with(|| format!("{error}: {reason}"));
+        }
         self.quiet.error(error, reason);
     }
 }
@@ -347,7 +354,7 @@ async fn run_subscription(
     let s = first.subscription();
     let (topic, group) = (s.topic.clone(), s.group.clone());
     let tracker = Arc::new(Mutex::new(OffsetTracker::default()));
-    let context = CoreContext { group: group.clone(), tracker: tracker.clone(), joined, quiet: QuietContext::new(format!("consumer {group}")), metrics: metrics.clone() };
+    let context = CoreContext { group: group.clone(), tracker: tracker.clone(), joined, quiet: QuietContext::new(format!("consumer {group}")), metrics: metrics.clone(), fatal: Mutex::new(None) };
     let consumer: CoreConsumer = consumer_config(&config.kafka, &config.settings, &group).create_with_context(context)?;
     consumer.subscribe(&[&topic])?;
     let consumer = Arc::new(consumer);
@@ -418,6 +425,12 @@ async fn run_subscription(
             Ok(m) => m,
             Err(e) => {
                 inc(&kafka_errors);
+                if let Some(why) = lock(&consumer.context().fatal).clone() {
+                    let user = config.kafka.properties.get("sasl.username").map(String::as_str).unwrap_or("-");
+                    let mech = config.kafka.properties.get("sasl.mechanism").map(String::as_str).unwrap_or("-");
+                    tracing::error!(%group, profile = %config.kafka.profile, mechanism = mech, user, reason = %why, "cannot authenticate to Kafka: check the profile's credentials and CA; stopping");
+                    return Err(e);
+                }
                 let text = e.to_string();
                 // The same error (topic missing, broker down) repeats: say it every 30 s.
                 let quiet = last_error_log.as_ref().is_some_and(|(t, at)| *t == text && at.elapsed() < Duration::from_secs(30));

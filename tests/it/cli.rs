@@ -216,3 +216,19 @@ http = {{ path = "/c" }}
     let (code, out) = vedgate(&["validate", "--offline", "--deny-warnings", "--config", c, "--routes", r]);
     assert_eq!(code, 64, "{out}");
 }
+
+#[test]
+fn the_dashboard_imports_and_uses_only_metrics_the_gateway_exports() {
+    let dash: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(repo().join("deploy/grafana/vedgate-dashboard.json")).unwrap()).unwrap();
+    let names = std::fs::read_to_string(repo().join("src/metrics.rs")).unwrap();
+    let text = dash.to_string();
+    let mut used = 0;
+    for (i, _) in text.match_indices("vedgate_") {
+        let name: String = text[i..].chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect();
+        let base = name.trim_end_matches("_bucket");
+        assert!(names.contains(&format!("\"{base}\"")), "{base} is not a metric in src/metrics.rs");
+        used += 1;
+    }
+    assert!(used >= 10);
+    assert!(dash["panels"].as_array().unwrap().len() >= 8);
+}

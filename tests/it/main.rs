@@ -7,5 +7,6 @@ mod harness;
 mod ops;
 mod poison;
 mod reload;
+mod security;
 mod shipped_routes;
 mod shutdown;
