@@ -6,42 +6,16 @@ use std::time::{Duration, Instant};
 
 use crate::harness::*;
 
-/// A route file sending every message with an `id` to `url` unchanged.
 fn http_routes(dir: &Path, topic: &str, group: &str, url: &str) -> std::path::PathBuf {
-    let routes = dir.join("routes");
-    std::fs::create_dir_all(&routes).unwrap();
-    std::fs::write(
-        routes.join("test.toml"),
-        format!(
-            r#"[[subscription]]
-name = "s"
-topic = "{topic}"
-group = "{group}"
-
-[sink.r]
-type = "http"
-url = "{url}"
-timeout_ms = 60000
-
-[[route]]
-name = "all"
-subscription = "s"
-when = [{{ path = "$.id", exists = true }}]
-sink = "r"
-http = {{ path = "/in/{{$.id}}" }}
-"#
-        ),
-    )
-    .unwrap();
-    routes
+    id_routes(dir, topic, group, url, "", "")
 }
 
 fn msgs(topic: &str, from: usize, to: usize) -> Vec<vedgate::tools::traffic::Record> {
-    (from..to).map(|i| record(topic, Some(&format!("k{}", i % 7)), format!(r#"{{"id": "m{i}"}}"#).as_bytes())).collect()
+    id_msgs(topic, from..to, |i| format!("k{}", i % 7))
 }
 
 fn ids(r: &Receiver) -> Vec<String> {
-    r.requests().iter().map(|x| x.path.trim_start_matches("/in/").to_string()).collect()
+    received_ids(r)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -298,7 +298,6 @@ pub fn spawn_binary(config: &Path, routes: &Path, env: &[(&str, String)]) -> std
 #[derive(Debug, Clone)]
 pub struct ReadBack {
     pub partition: i32,
-    pub offset: i64,
     pub key: Option<Vec<u8>>,
     pub value: Option<Vec<u8>>,
     pub headers: HashMap<String, String>,
@@ -326,8 +325,52 @@ pub fn read_topic(topic: &str, timeout: Duration, want: impl Fn(&[ReadBack]) -> 
                     headers.insert(hd.key.to_string(), String::from_utf8_lossy(hd.value.unwrap_or_default()).to_string());
                 }
             }
-            out.push(ReadBack { partition: m.partition(), offset: m.offset(), key: m.key().map(<[u8]>::to_vec), value: m.payload().map(<[u8]>::to_vec), headers });
+            out.push(ReadBack { partition: m.partition(), key: m.key().map(<[u8]>::to_vec), value: m.payload().map(<[u8]>::to_vec), headers });
         }
     }
     out
+}
+
+/// A route file (in `dir/routes`) sending every message that has an `id` to
+/// `url` at `/in/{id}`, body unchanged. `sub_extra` and `route_extra` add
+/// lines to the subscription and the route.
+pub fn id_routes(dir: &Path, topic: &str, group: &str, url: &str, sub_extra: &str, route_extra: &str) -> PathBuf {
+    let routes = dir.join("routes");
+    std::fs::create_dir_all(&routes).unwrap();
+    std::fs::write(
+        routes.join("test.toml"),
+        format!(
+            r#"[[subscription]]
+name = "s"
+topic = "{topic}"
+group = "{group}"
+{sub_extra}
+
+[sink.r]
+type = "http"
+url = "{url}"
+timeout_ms = 60000
+
+[[route]]
+name = "all"
+subscription = "s"
+when = [{{ path = "$.id", exists = true }}]
+sink = "r"
+http = {{ path = "/in/{{$.id}}" }}
+{route_extra}
+"#
+        ),
+    )
+    .unwrap();
+    routes
+}
+
+/// Records `{"id": "m{i}"}` for i in `range`, keyed by `key(i)`.
+pub fn id_msgs(topic: &str, range: std::ops::Range<usize>, key: impl Fn(usize) -> String) -> Vec<vedgate::tools::traffic::Record> {
+    range.map(|i| record(topic, Some(&key(i)), format!(r#"{{"id": "m{i}"}}"#).as_bytes())).collect()
+}
+
+/// The ids a receiver got at `/in/{id}`, in arrival order.
+pub fn received_ids(r: &Receiver) -> Vec<String> {
+    r.requests().iter().map(|x| x.path.trim_start_matches("/in/").to_string()).collect()
 }

@@ -13,20 +13,11 @@ use rdkafka::{Offset, TopicPartitionList};
 use crate::harness::*;
 
 fn routes(dir: &Path, topic: &str, group: &str, url: &str) -> std::path::PathBuf {
-    let routes = dir.join("routes");
-    std::fs::create_dir_all(&routes).unwrap();
-    std::fs::write(
-        routes.join("r.toml"),
-        format!(
-            "[[subscription]]\nname = \"s\"\ntopic = \"{topic}\"\ngroup = \"{group}\"\n\n[sink.out]\ntype = \"http\"\nurl = \"{url}\"\n\n[[route]]\nname = \"all\"\nsubscription = \"s\"\nwhen = [{{ path = \"$.id\", exists = true }}]\nsink = \"out\"\nhttp = {{ path = \"/in/{{$.id}}\" }}\n"
-        ),
-    )
-    .unwrap();
-    routes
+    id_routes(dir, topic, group, url, "", "")
 }
 
 fn msgs(topic: &str, n: usize) -> Vec<vedgate::tools::traffic::Record> {
-    (0..n).map(|i| record(topic, Some(&format!("k{i}")), format!(r#"{{"id": "m{i}"}}"#).as_bytes())).collect()
+    id_msgs(topic, 0..n, |i| format!("k{i}"))
 }
 
 fn vedgate_out(args: &[&str]) -> (i32, String) {

@@ -7,37 +7,11 @@ use std::time::Duration;
 use crate::harness::*;
 
 fn routes(dir: &Path, topic: &str, group: &str, url: &str, extra_sub: &str, extra_route: &str) -> std::path::PathBuf {
-    let routes = dir.join("routes");
-    std::fs::create_dir_all(&routes).unwrap();
-    std::fs::write(
-        routes.join("test.toml"),
-        format!(
-            r#"[[subscription]]
-name = "s"
-topic = "{topic}"
-group = "{group}"
-{extra_sub}
-
-[sink.r]
-type = "http"
-url = "{url}"
-
-[[route]]
-name = "all"
-subscription = "s"
-when = [{{ path = "$.id", exists = true }}]
-sink = "r"
-http = {{ path = "/in/{{$.id}}" }}
-{extra_route}
-"#
-        ),
-    )
-    .unwrap();
-    routes
+    id_routes(dir, topic, group, url, extra_sub, extra_route)
 }
 
 fn ids(r: &Receiver) -> Vec<String> {
-    r.requests().iter().map(|x| x.path.trim_start_matches("/in/").to_string()).collect()
+    received_ids(r)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -105,7 +79,7 @@ async fn permanent_and_exhausted_failures_are_dead_lettered_with_their_class() {
     let group = unique("g-permanent");
     create_topic(&topic, 1).await;
     let rx = Receiver::start().await;
-    rx.set(Answer::FailFirst("\"bad\"".into(), 400, 100));
+    rx.set(Answer::FailFirst("\"bad\"".into(), 401, 100));
     let dir = tempfile::tempdir().unwrap();
     let routes = routes(dir.path(), &topic, &group, &rx.url, "", "retry = { max_attempts = 3, initial_delay_ms = 50, max_delay_ms = 100 }");
     let records = vec![
@@ -116,7 +90,7 @@ async fn permanent_and_exhausted_failures_are_dead_lettered_with_their_class() {
     produce(&records).await;
     let gw = Gateway::start(&test_gateway_toml(dir.path()), &routes, base_env());
     wait_until("ok2 delivered", Duration::from_secs(30), || ids(&rx).contains(&"ok2".to_string())).await;
-    assert_eq!(ids(&rx), vec!["ok1", "bad", "ok2"], "a 400 is not retried");
+    assert_eq!(ids(&rx), vec!["ok1", "bad", "ok2"], "a 401 is not retried");
     let got = read_topic(&format!("{group}.dlq"), Duration::from_secs(20), |rs| !rs.is_empty());
     assert_eq!(got.len(), 1);
     assert_eq!(got[0].headers["vedgate-error-class"], "permanent");
@@ -207,5 +181,30 @@ async fn a_failing_sql_batch_delivers_the_good_messages_and_dead_letters_the_bad
     assert_eq!(dl[0].headers["vedgate-original-offset"], "137");
     assert_eq!(dl[0].headers["vedgate-error-class"], "permanent");
     assert!(dl[0].headers["vedgate-error-reason"].contains("not a decimal"), "{:?}", dl[0].headers);
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_429_with_retry_after_is_waited_out_not_dead_lettered() {
+    let topic = unique("retry-after");
+    let group = unique("g-retry-after");
+    create_topic(&topic, 1).await;
+    let rx = Receiver::start().await;
+    rx.set(Answer::Status(429, Some(2)));
+    let dir = tempfile::tempdir().unwrap();
+    // Backoff alone would retry after 50 ms; Retry-After: 2 must win.
+    let routes = routes(dir.path(), &topic, &group, &rx.url, "", "retry = { initial_delay_ms = 50, max_delay_ms = 5000, max_attempts = 5 }");
+    produce(&[record(&topic, None, br#"{"id": "limited"}"#)]).await;
+    let gw = Gateway::start(&test_gateway_toml(dir.path()), &routes, base_env());
+    wait_until("first attempt", Duration::from_secs(30), || rx.count() >= 1).await;
+    let first = std::time::Instant::now();
+    rx.set(Answer::Ok);
+    wait_until("delivered after the wait", Duration::from_secs(10), || rx.count() >= 2).await;
+    let waited = first.elapsed();
+    assert!(waited >= Duration::from_millis(1800), "retried after {waited:?}, before Retry-After");
+    assert_eq!(rx.count(), 2);
+    wait_until("committed", Duration::from_secs(10), || committed(&group, &topic, 1) == vec![1]).await;
+    assert_eq!(gw.metrics.get(vedgate::metrics::MESSAGES_TOTAL, &[("group", &group), ("route", "all"), ("outcome", "dead_lettered")]), 0);
+    assert_eq!(gw.metrics.get(vedgate::metrics::MESSAGES_TOTAL, &[("group", &group), ("route", "all"), ("outcome", "delivered")]), 1);
     gw.stop().await;
 }
