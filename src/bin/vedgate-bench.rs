@@ -132,7 +132,7 @@ enum Command {
         #[arg(long, default_value_t = 1.0)]
         skip_s: f64,
     },
-    /// VmRSS and VmHWM of a process, in MB; with --sample-ms, the peak VmRSS seen until it exits or --max-s.
+    /// VmRSS and VmHWM (peak RSS since start) of a process, in MB.
     Rss {
         #[arg(long)]
         pid: u32,
@@ -140,6 +140,12 @@ enum Command {
     /// utime+stime of processes, in seconds.
     Cpu {
         pids: Vec<u32>,
+    },
+    /// Delete the benchmark's topics (their groups expire on their own).
+    DeleteTopics {
+        #[arg(long, default_value = "127.0.0.1:9092")]
+        brokers: String,
+        topics: Vec<String>,
     },
 }
 
@@ -175,6 +181,16 @@ async fn run(cmd: Command) -> anyhow::Result<()> {
         }
         Command::Cpu { pids } => {
             println!("{}", json!({"cpu_s": cpu_s(&pids)}));
+            Ok(())
+        }
+        Command::DeleteTopics { brokers, topics } => {
+            use rdkafka::admin::{AdminClient, AdminOptions};
+            let admin: AdminClient<rdkafka::client::DefaultClientContext> = ClientConfig::new().set("bootstrap.servers", &brokers).create()?;
+            let names: Vec<&str> = topics.iter().map(String::as_str).collect();
+            let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(20)));
+            let r = admin.delete_topics(&names, &opts).await?;
+            let failed: Vec<String> = r.into_iter().filter_map(|x| x.err().map(|(t, c)| format!("{t}: {c:?}"))).collect();
+            println!("{}", json!({"deleted": names.len() - failed.len(), "failed": failed}));
             Ok(())
         }
         Command::Receive { .. } | Command::LoadLoop { .. } => unreachable!(),

@@ -622,7 +622,18 @@ impl Compiler<'_> {
                 return None;
             }
         };
-        self.sinks.push(SinkSpec { id, kind: spec });
+        let mut flow = super::FlowControl::default();
+        for (v, what) in [(&s.rate_limit_per_s, "rate_limit_per_s"), (&s.max_in_flight, "max_in_flight")] {
+            if let Some(v) = v {
+                if *v.get_ref() <= 0 || *v.get_ref() > u32::MAX as i64 {
+                    self.diags.push(src.error(span(v), format!("{what} must be a positive number")));
+                    return None;
+                }
+            }
+        }
+        flow.rate_per_s = s.rate_limit_per_s.as_ref().map(|v| *v.get_ref() as u32);
+        flow.max_in_flight = s.max_in_flight.as_ref().map(|v| *v.get_ref() as usize);
+        self.sinks.push(SinkSpec { id, kind: spec, flow });
         Some(LocalSink { index: self.sinks.len() - 1, kind: kind.to_string(), base_url, headers })
     }
 

@@ -253,6 +253,14 @@ pub struct SinkSpec {
     /// `file-stem/name`: sinks are local to their route file.
     pub id: String,
     pub kind: SinkKind,
+    pub flow: FlowControl,
+}
+
+/// Per-sink limits, shared by every route and partition using the sink.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct FlowControl {
+    pub rate_per_s: Option<u32>,
+    pub max_in_flight: Option<usize>,
 }
 
 impl SinkSpec {

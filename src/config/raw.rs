@@ -110,6 +110,10 @@ pub struct RawSink {
     /// HTTP: headers sent with every request; values may use `${VAR}`.
     #[serde(default)]
     pub headers: BTreeMap<String, Spanned<String>>,
+    /// Requests (or SQL batches) per second at most, across all routes using the sink.
+    pub rate_limit_per_s: Option<Spanned<i64>>,
+    /// Requests in flight at most, across all routes using the sink.
+    pub max_in_flight: Option<Spanned<i64>>,
     /// SQL: connections in the pool.
     pub pool_size: Option<Spanned<i64>>,
     /// SQL: consecutive messages of a partition written in one transaction (default 1).

@@ -38,39 +38,67 @@ pub struct BuildError {
     pub reason: String,
 }
 
-/// A sink ready to deliver, holding its connection pool.
-pub enum Sink {
+/// A sink ready to deliver: its client or pool, and its flow control.
+pub struct Sink {
+    target: Target,
+    /// Requests per second, shared by every route and partition using the sink.
+    limiter: Option<governor::DefaultDirectRateLimiter>,
+    /// Requests in flight at most.
+    in_flight: Option<tokio::sync::Semaphore>,
+}
+
+enum Target {
     Http(http::HttpSink),
     Sql(sql::SqlSink),
     Blackhole,
 }
 
 impl Sink {
+    /// Waits for the rate limit and an in-flight slot.
+    async fn admit(&self) -> Option<tokio::sync::SemaphorePermit<'_>> {
+        if let Some(l) = &self.limiter {
+            l.until_ready().await;
+        }
+        match &self.in_flight {
+            Some(s) => s.acquire().await.ok(),
+            None => None,
+        }
+    }
+
     /// Builds the client or pool. Connections open lazily, so a target that
     /// is down at start is retried per message rather than failing the start.
     pub fn build(spec: &SinkSpec) -> Result<Sink, BuildError> {
         let err = |reason: String| BuildError { id: spec.id.clone(), reason };
-        Ok(match &spec.kind {
-            SinkKind::Http { timeout, retryable_statuses, tls } => Sink::Http(http::HttpSink::new(*timeout, retryable_statuses.clone(), tls).map_err(err)?),
-            SinkKind::Sql { url, pool_size, .. } => Sink::Sql(sql::SqlSink::new(url, *pool_size).map_err(err)?),
-            SinkKind::Blackhole => Sink::Blackhole,
-        })
+        let target = match &spec.kind {
+            SinkKind::Http { timeout, retryable_statuses, tls } => Target::Http(http::HttpSink::new(*timeout, retryable_statuses.clone(), tls).map_err(err)?),
+            SinkKind::Sql { url, pool_size, .. } => Target::Sql(sql::SqlSink::new(url, *pool_size).map_err(err)?),
+            SinkKind::Blackhole => Target::Blackhole,
+        };
+        let limiter = spec
+            .flow
+            .rate_per_s
+            .and_then(std::num::NonZeroU32::new)
+            .map(|r| governor::RateLimiter::direct(governor::Quota::per_second(r)));
+        let in_flight = spec.flow.max_in_flight.map(|n| tokio::sync::Semaphore::new(n.max(1)));
+        Ok(Sink { target, limiter, in_flight })
     }
 
     /// Several SQL requests in one transaction; any failure fails them all
     /// (the caller then delivers them one by one).
     pub async fn deliver_batch(&self, reqs: &[&crate::shape::SqlRequest]) -> Result<(), DeliveryError> {
-        match self {
-            Sink::Sql(s) => s.deliver_batch(reqs).await,
+        let _slot = self.admit().await;
+        match &self.target {
+            Target::Sql(s) => s.deliver_batch(reqs).await,
             _ => Err(DeliveryError::permanent("only SQL sinks take batches")),
         }
     }
 
     pub async fn deliver(&self, req: &Request) -> Result<(), DeliveryError> {
-        match (self, req) {
-            (Sink::Http(s), Request::Http(r)) => s.deliver(r).await,
-            (Sink::Sql(s), Request::Sql(r)) => s.deliver(r).await,
-            (_, Request::Discard) | (Sink::Blackhole, _) => Ok(()),
+        let _slot = self.admit().await;
+        match (&self.target, req) {
+            (Target::Http(s), Request::Http(r)) => s.deliver(r).await,
+            (Target::Sql(s), Request::Sql(r)) => s.deliver(r).await,
+            (_, Request::Discard) | (Target::Blackhole, _) => Ok(()),
             _ => Err(DeliveryError::permanent("request kind does not fit the sink kind")),
         }
     }

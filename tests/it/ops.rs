@@ -305,3 +305,25 @@ where
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sink_rate_limit_spreads_deliveries_over_time() {
+    let topic = unique("ratelimit");
+    let group = unique("g-ratelimit");
+    create_topic(&topic, 3).await;
+    let rx = Receiver::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let routes = id_routes(dir.path(), &topic, &group, &rx.url, "", "");
+    let file = routes.join("test.toml");
+    let text = std::fs::read_to_string(&file).unwrap().replace("timeout_ms = 60000", "timeout_ms = 60000\nrate_limit_per_s = 20\nmax_in_flight = 2");
+    std::fs::write(&file, text).unwrap();
+    produce(&msgs(&topic, 60)).await;
+    let gw = Gateway::start(&test_gateway_toml(dir.path()), &routes, base_env());
+    wait_until("first delivery", Duration::from_secs(30), || rx.count() >= 1).await;
+    let t0 = std::time::Instant::now();
+    wait_until("all delivered", Duration::from_secs(30), || rx.count() >= 60).await;
+    let took = t0.elapsed();
+    // 20 at once (the burst), the other 39 at 20 per second.
+    assert!(took >= Duration::from_millis(1700), "60 requests in {took:?} despite 20/s");
+    gw.stop().await;
+}
