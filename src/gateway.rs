@@ -38,6 +38,7 @@ pub struct Status {
     pub metrics: Arc<Metrics>,
     pub joined: RwLock<Vec<Arc<AtomicBool>>>,
     pub loaded_at: RwLock<SystemTime>,
+    pub sinks: RwLock<Arc<Vec<Sink>>>,
     /// `VEDGATE_ADMIN_TOKEN`: required as a bearer token by endpoints that change state.
     admin_token: Option<String>,
     reload_tx: tokio::sync::mpsc::Sender<()>,
@@ -167,6 +168,7 @@ impl Gateway {
             }
         }
         self.config = cfg;
+        *self.status.sinks.write().unwrap_or_else(|e| e.into_inner()) = sinks;
         self.publish();
         inc(&self.metrics.counter(CONFIG_RELOADS_TOTAL, &[("result", "success")]));
         tracing::info!(trigger = why, hash = %self.config.hash, swapped, started, stopped = gone.len(), "configuration reloaded");
@@ -207,6 +209,7 @@ pub async fn run(config: Config, metrics: Arc<Metrics>, shutdown: Shutdown, relo
         metrics: metrics.clone(),
         joined: RwLock::new(vec![]),
         loaded_at: RwLock::new(SystemTime::now()),
+        sinks: RwLock::new(sinks.clone()),
         admin_token,
         reload_tx,
     });
@@ -315,11 +318,16 @@ async fn reload_endpoint(State(s): State<Arc<Status>>, headers: axum::http::Head
 }
 
 async fn readyz(State(s): State<Arc<Status>>) -> impl IntoResponse {
-    if s.ready() {
-        (StatusCode::OK, "ready\n")
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "consumers have not joined their groups yet\n")
+    if !s.ready() {
+        return (StatusCode::SERVICE_UNAVAILABLE, "consumers have not joined their groups yet\n".to_string());
     }
+    let (sinks, config) = (s.sinks.read().unwrap_or_else(|e| e.into_inner()).clone(), s.config.read().unwrap_or_else(|e| e.into_inner()).clone());
+    for (sink, spec) in sinks.iter().zip(&config.sinks) {
+        if let Err(e) = sink.health().await {
+            return (StatusCode::SERVICE_UNAVAILABLE, format!("sink {} is not healthy: {e}\n", spec.id));
+        }
+    }
+    (StatusCode::OK, "ready\n".to_string())
 }
 
 async fn metrics(State(s): State<Arc<Status>>) -> impl IntoResponse {

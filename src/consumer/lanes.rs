@@ -414,14 +414,14 @@ async fn deliver_checked(shared: &Shared, job: &Job, route_idx: usize, value: &s
                 if let Some(b) = blocked {
                     b.fetch_sub(1, Ordering::Relaxed);
                 }
-                tracing::debug!(group = %sub.group, route = %route.name, partition = job.meta.partition, offset = job.meta.offset, attempt, latency_ms = job.read_at.elapsed().as_millis() as u64, "delivered");
+                tracing::debug!(group = %sub.group, route = %route.name, partition = job.meta.partition, offset = job.meta.offset, attempt, latency_ms = job.read_at.elapsed().as_millis() as u64, traceparent = job.meta.traceparent.as_deref().unwrap_or(""), "delivered");
                 return Outcome::Delivered;
             }
             Err(DeliveryError::Retryable { reason, retry_after }) => {
                 if !policy.exhausted(attempt, started.elapsed()) {
                     inc(&counters.retried);
                     let d = backoff.next(retry_after);
-                    tracing::warn!(group = %sub.group, route = %route.name, partition = job.meta.partition, offset = job.meta.offset, attempt, retry_in_ms = d.as_millis() as u64, %reason, "delivery failed; retrying");
+                    tracing::warn!(group = %sub.group, route = %route.name, partition = job.meta.partition, offset = job.meta.offset, attempt, retry_in_ms = d.as_millis() as u64, %reason, traceparent = job.meta.traceparent.as_deref().unwrap_or(""), "delivery failed; retrying");
                     if !sleep_or_stop(shared, d).await {
                         return Outcome::Unfinished;
                     }
@@ -479,7 +479,7 @@ async fn dead_letter(shared: &Shared, job: &Job, route: &str, class: ErrorClass,
         }
         match writer.write(&letter).await {
             Ok(()) => {
-                tracing::error!(group = %sub.group, %route, partition = job.meta.partition, offset = job.meta.offset, class = class.as_str(), attempts, %reason, dead_letter_topic = %writer.topic, "message dead-lettered");
+                tracing::error!(group = %sub.group, %route, partition = job.meta.partition, offset = job.meta.offset, class = class.as_str(), attempts, %reason, dead_letter_topic = %writer.topic, traceparent = job.meta.traceparent.as_deref().unwrap_or(""), "message dead-lettered");
                 return DeadLetterResult::Written;
             }
             Err(e) => {

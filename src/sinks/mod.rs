@@ -93,6 +93,16 @@ impl Sink {
         }
     }
 
+    /// Whether the target answers: a database round trip for SQL sinks.
+    /// HTTP targets have no common health endpoint; their failures show in
+    /// the delivery metrics instead.
+    pub async fn health(&self) -> Result<(), String> {
+        match &self.target {
+            Target::Sql(s) => s.health().await,
+            _ => Ok(()),
+        }
+    }
+
     pub async fn deliver(&self, req: &Request) -> Result<(), DeliveryError> {
         let _slot = self.admit().await;
         match (&self.target, req) {

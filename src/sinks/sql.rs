@@ -67,6 +67,14 @@ impl SqlSink {
 }
 
 impl SqlSink {
+    pub async fn health(&self) -> Result<(), String> {
+        let check = async {
+            let client = self.pool.get().await.map_err(|e| e.to_string())?;
+            client.simple_query("SELECT 1").await.map(|_| ()).map_err(|e| e.to_string())
+        };
+        tokio::time::timeout(std::time::Duration::from_secs(2), check).await.map_err(|_| "timed out".to_string())?
+    }
+
     /// Every row of every request in one transaction, pipelined on one
     /// connection: one round trip per batch instead of one per row.
     pub async fn deliver_batch(&self, reqs: &[&SqlRequest]) -> Result<(), DeliveryError> {

@@ -327,3 +327,26 @@ async fn a_sink_rate_limit_spreads_deliveries_over_time() {
     assert!(took >= Duration::from_millis(1700), "60 requests in {took:?} despite 20/s");
     gw.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_w3c_traceparent_header_is_passed_on_to_http_sinks() {
+    use rdkafka::message::{Header, OwnedHeaders};
+    use rdkafka::producer::FutureRecord;
+    let topic = unique("trace");
+    let group = unique("g-trace");
+    create_topic(&topic, 1).await;
+    let rx = Receiver::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let routes = id_routes(dir.path(), &topic, &group, &rx.url, "", "");
+    let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let p = vedgate::tools::producer(&brokers()).unwrap();
+    let headers = OwnedHeaders::new().insert(Header { key: "traceparent", value: Some(tp) });
+    p.send(FutureRecord::<str, str>::to(&topic).payload(r#"{"id": "t1"}"#).headers(headers), Duration::from_secs(10)).await.unwrap();
+    p.send(FutureRecord::<str, str>::to(&topic).payload(r#"{"id": "t2"}"#), Duration::from_secs(10)).await.unwrap();
+    let gw = Gateway::start(&test_gateway_toml(dir.path()), &routes, base_env());
+    wait_until("delivered", Duration::from_secs(30), || rx.count() >= 2).await;
+    let got = rx.requests();
+    assert_eq!(got[0].header("traceparent"), Some(tp));
+    assert_eq!(got[1].header("traceparent"), None);
+    gw.stop().await;
+}
