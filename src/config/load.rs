@@ -296,6 +296,8 @@ struct Compiler<'a> {
 /// A sink of the file being compiled.
 struct LocalSink {
     index: usize,
+    /// Whether it sends several messages per request.
+    batching: bool,
     kind: String,
     base_url: String,
     headers: Vec<(String, String)>,
@@ -598,7 +600,18 @@ impl Compiler<'_> {
                     self.diags.push(src.error(span(sink), "client_cert_file and client_key_file go together"));
                     return None;
                 }
-                (SinkKind::Http { timeout, retryable_statuses, tls }, url.trim_end_matches('/').to_string())
+                let max_rows = s.batch_max_messages.as_ref().map(|b| (*b.get_ref()).clamp(1, 10_000) as usize).unwrap_or(1);
+                let linger = Duration::from_millis(s.batch_linger_ms.as_ref().map(|b| (*b.get_ref()).clamp(0, 10_000) as u64).unwrap_or(0));
+                let format = match s.batch_format.as_ref().map(|f| f.get_ref().as_str()) {
+                    None | Some("json-array") => crate::shape::BatchFormat::JsonArray,
+                    Some("ndjson") => crate::shape::BatchFormat::Ndjson,
+                    Some(other) => {
+                        self.diags.push(src.error(s.batch_format.as_ref().map(|f| f.span()), format!("unknown batch_format {other:?} (expected json-array or ndjson)")));
+                        return None;
+                    }
+                };
+                let batch = super::Batching { max_rows, linger, format: Some(format) };
+                (SinkKind::Http { timeout, retryable_statuses, tls, batch }, url.trim_end_matches('/').to_string())
             }
             "sql" => {
                 let Some(url) = url else {
@@ -614,7 +627,7 @@ impl Compiler<'_> {
                 let pool_size = s.pool_size.as_ref().map(|p| (*p.get_ref()).max(1) as usize).unwrap_or(4);
                 let max_rows = s.batch_max_rows.as_ref().map(|b| (*b.get_ref()).clamp(1, 10_000) as usize).unwrap_or(1);
                 let linger = Duration::from_millis(s.batch_linger_ms.as_ref().map(|b| (*b.get_ref()).clamp(0, 10_000) as u64).unwrap_or(0));
-                (SinkKind::Sql { url, pool_size, batch: super::Batching { max_rows, linger } }, String::new())
+                (SinkKind::Sql { url, pool_size, batch: super::Batching { max_rows, linger, format: None } }, String::new())
             }
             "blackhole" => (SinkKind::Blackhole, String::new()),
             other => {
@@ -634,7 +647,8 @@ impl Compiler<'_> {
         flow.rate_per_s = s.rate_limit_per_s.as_ref().map(|v| *v.get_ref() as u32);
         flow.max_in_flight = s.max_in_flight.as_ref().map(|v| *v.get_ref() as usize);
         self.sinks.push(SinkSpec { id, kind: spec, flow });
-        Some(LocalSink { index: self.sinks.len() - 1, kind: kind.to_string(), base_url, headers })
+        let batching = self.sinks.last().is_some_and(|x| matches!(x.kind, SinkKind::Http { .. }) && x.batching().is_some());
+        Some(LocalSink { index: self.sinks.len() - 1, batching, kind: kind.to_string(), base_url, headers })
     }
 
     fn predicates(&mut self, src: &SourceFile, when: &[Spanned<RawPredicate>]) -> Option<Vec<Predicate>> {
@@ -702,6 +716,10 @@ impl Compiler<'_> {
                 let method = h.method.as_ref().map(|m| m.get_ref().to_ascii_uppercase()).unwrap_or_else(|| "POST".into());
                 if !["GET", "POST", "PUT", "PATCH", "DELETE"].contains(&method.as_str()) {
                     self.diags.push(src.error(h.method.as_ref().map(|m| m.span()), format!("unsupported HTTP method {method:?}")));
+                    return None;
+                }
+                if sink.batching && h.path.get_ref().contains('{') {
+                    self.diags.push(src.error(span(&h.path), "this sink batches messages into one request: the path must be fixed (no {placeholders})"));
                     return None;
                 }
                 let path = match PathTemplate::parse(h.path.get_ref()) {

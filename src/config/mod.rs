@@ -267,7 +267,7 @@ impl SinkSpec {
     /// Batching of an SQL sink; `None` when messages go one at a time.
     pub fn batching(&self) -> Option<Batching> {
         match &self.kind {
-            SinkKind::Sql { batch, .. } if batch.max_rows > 1 => Some(*batch),
+            SinkKind::Sql { batch, .. } | SinkKind::Http { batch, .. } if batch.max_rows > 1 => Some(*batch),
             _ => None,
         }
     }
@@ -286,11 +286,13 @@ pub struct HttpTls {
 pub struct Batching {
     pub max_rows: usize,
     pub linger: Duration,
+    /// HTTP: how the bodies are joined; `None` for SQL (one transaction).
+    pub format: Option<crate::shape::BatchFormat>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum SinkKind {
-    Http { timeout: Duration, retryable_statuses: Option<Vec<u16>>, tls: HttpTls },
+    Http { timeout: Duration, retryable_statuses: Option<Vec<u16>>, tls: HttpTls, batch: Batching },
     Sql { url: String, pool_size: usize, batch: Batching },
     Blackhole,
 }

@@ -118,6 +118,10 @@ pub struct RawSink {
     pub pool_size: Option<Spanned<i64>>,
     /// SQL: consecutive messages of a partition written in one transaction (default 1).
     pub batch_max_rows: Option<Spanned<i64>>,
+    /// HTTP: consecutive messages of a partition sent in one request (default 1).
+    pub batch_max_messages: Option<Spanned<i64>>,
+    /// HTTP: `json-array` (default) or `ndjson`.
+    pub batch_format: Option<Spanned<String>>,
     /// SQL: how long a batch waits to fill, ms (default 0: take what is queued).
     pub batch_linger_ms: Option<Spanned<i64>>,
     /// HTTP: PEM file of the CA that signs the target's certificate (besides the system roots).

@@ -185,8 +185,18 @@ async fn lane_worker(shared: Arc<Shared>, mut rx: mpsc::Receiver<Job>) {
 /// The batching of the job's sink, when it has one.
 fn batching_of(job: &Job) -> Option<(usize, crate::config::Batching)> {
     let Work::Deliver { route, .. } = &job.work else { return None };
-    let sink = job.view.subscription().routes[*route].sink;
-    job.view.config.sinks[sink].batching().map(|b| (sink, b))
+    let r = &job.view.subscription().routes[*route];
+    if r.observe || r.mirror.is_some() {
+        return None;
+    }
+    job.view.config.sinks[r.sink].batching().map(|b| (r.sink, b))
+}
+
+fn route_of(job: &Job) -> Option<usize> {
+    match &job.work {
+        Work::Deliver { route, .. } => Some(*route),
+        Work::DeadLetter { .. } => None,
+    }
 }
 
 /// Takes the consecutive jobs for the same sink (and configuration) that are
@@ -204,7 +214,9 @@ async fn collect_batch(first: Job, rx: &mut mpsc::Receiver<Job>, (sink, b): (usi
                 _ => break,
             },
         };
-        let fits = Arc::ptr_eq(&j.view, &batch[0].view) && batching_of(&j).is_some_and(|(s, _)| s == sink);
+        // SQL batches may mix routes of one sink; an HTTP batch goes to one route's URL.
+        let same_route = b.format.is_none() || route_of(&j) == route_of(&batch[0]);
+        let fits = Arc::ptr_eq(&j.view, &batch[0].view) && batching_of(&j).is_some_and(|(s, _)| s == sink) && same_route;
         if !fits {
             return (batch, Some(j));
         }
@@ -224,21 +236,42 @@ async fn deliver_batch(shared: &Shared, batch: Vec<Job>) {
             break;
         }
         match r.shape(job.raw.as_deref().unwrap_or_default(), value, &job.meta) {
-            Ok(crate::shape::Request::Sql(q)) => requests.push(q),
+            Ok(req @ (crate::shape::Request::Sql(_) | crate::shape::Request::Http(_))) => requests.push(req),
             _ => break,
         }
     }
     if requests.len() == batch.len() && batch.len() > 1 {
         let view = &batch[0].view;
-        let sink = &view.sinks[batching_of(&batch[0]).map(|(s, _)| s).unwrap_or(0)];
-        let refs: Vec<&crate::shape::SqlRequest> = requests.iter().collect();
+        let (sink_idx, batching) = batching_of(&batch[0]).unwrap_or((0, crate::config::Batching { max_rows: 1, linger: std::time::Duration::ZERO, format: None }));
+        let sink = &view.sinks[sink_idx];
         let started = Instant::now();
         let result = {
             let _slot = shared.slots.acquire().await;
+            let send = async {
+                match batching.format {
+                    None => {
+                        let refs: Vec<&crate::shape::SqlRequest> = requests.iter().filter_map(|r| match r {
+                            crate::shape::Request::Sql(q) => Some(q),
+                            _ => None,
+                        }).collect();
+                        sink.deliver_batch(&refs).await
+                    }
+                    Some(format) => {
+                        let reqs: Vec<&crate::shape::HttpRequest> = requests.iter().filter_map(|r| match r {
+                            crate::shape::Request::Http(h) => Some(h),
+                            _ => None,
+                        }).collect();
+                        let first = &batch[0].meta;
+                        let last = &batch[batch.len() - 1].meta;
+                        let combined = crate::shape::combine_http(&reqs, format, first, last.offset);
+                        sink.deliver(&crate::shape::Request::Http(combined)).await
+                    }
+                }
+            };
             tokio::select! {
                 biased;
                 _ = shared.shutdown.abort.cancelled() => return,
-                r = sink.deliver_batch(&refs) => r,
+                r = send => r,
             }
         };
         match result {

@@ -65,6 +65,60 @@ pub struct SqlRequest {
     pub rows: Vec<Vec<Value>>,
 }
 
+/// How an HTTP batch joins its messages' bodies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BatchFormat {
+    /// `[body1,body2,...]`, `Content-Type: application/json`.
+    JsonArray,
+    /// One compact JSON body per line, `Content-Type: application/x-ndjson`.
+    Ndjson,
+}
+
+/// One request for consecutive messages of a partition, to the first one's
+/// URL. Offsets `first.offset..=last_offset` travel as `X-Kafka-Offset` and
+/// `X-Kafka-Last-Offset`; `Idempotency-Key` is `{topic}-{partition}-{first}-{last}`.
+pub fn combine_http(reqs: &[&HttpRequest], format: BatchFormat, first: &RecordMeta, last_offset: i64) -> HttpRequest {
+    let per_message = ["content-type", "x-kafka-offset", "x-kafka-key", "idempotency-key", "traceparent"];
+    let mut headers: Vec<(String, String)> = reqs[0].headers.iter().filter(|(k, _)| !per_message.contains(&k.to_ascii_lowercase().as_str())).cloned().collect();
+    let content_type = match format {
+        BatchFormat::JsonArray => "application/json",
+        BatchFormat::Ndjson => "application/x-ndjson",
+    };
+    headers.insert(0, ("Content-Type".into(), content_type.into()));
+    headers.push(("X-Kafka-Offset".into(), first.offset.to_string()));
+    headers.push(("X-Kafka-Last-Offset".into(), last_offset.to_string()));
+    headers.push(("X-Kafka-Batch-Size".into(), reqs.len().to_string()));
+    headers.push(("Idempotency-Key".into(), format!("{}-{}-{}-{}", first.topic, first.partition, first.offset, last_offset)));
+    let mut body = Vec::new();
+    match format {
+        BatchFormat::JsonArray => {
+            body.push(b'[');
+            for (i, r) in reqs.iter().enumerate() {
+                if i > 0 {
+                    body.push(b',');
+                }
+                body.extend_from_slice(&r.body);
+            }
+            body.push(b']');
+        }
+        BatchFormat::Ndjson => {
+            for r in reqs {
+                if r.body.contains(&b'\n') {
+                    // Keep each message on one line.
+                    match serde_json::from_slice::<Value>(&r.body) {
+                        Ok(v) => body.extend_from_slice(&serde_json::to_vec(&v).unwrap_or_default()),
+                        Err(_) => body.extend(r.body.iter().map(|b| if *b == b'\n' { b' ' } else { *b })),
+                    }
+                } else {
+                    body.extend_from_slice(&r.body);
+                }
+                body.push(b'\n');
+            }
+        }
+    }
+    HttpRequest { method: reqs[0].method.clone(), url: reqs[0].url.clone(), headers, body: Bytes::from(body) }
+}
+
 /// A URL path template: literal text and `{source}` placeholders.
 #[derive(Debug, Clone)]
 pub struct PathTemplate {

@@ -70,7 +70,7 @@ impl Sink {
     pub fn build(spec: &SinkSpec) -> Result<Sink, BuildError> {
         let err = |reason: String| BuildError { id: spec.id.clone(), reason };
         let target = match &spec.kind {
-            SinkKind::Http { timeout, retryable_statuses, tls } => Target::Http(http::HttpSink::new(*timeout, retryable_statuses.clone(), tls).map_err(err)?),
+            SinkKind::Http { timeout, retryable_statuses, tls, .. } => Target::Http(http::HttpSink::new(*timeout, retryable_statuses.clone(), tls).map_err(err)?),
             SinkKind::Sql { url, pool_size, .. } => Target::Sql(sql::SqlSink::new(url, *pool_size).map_err(err)?),
             SinkKind::Blackhole => Target::Blackhole,
         };

@@ -208,3 +208,56 @@ async fn a_429_with_retry_after_is_waited_out_not_dead_lettered() {
     assert_eq!(gw.metrics.get(vedgate::metrics::MESSAGES_TOTAL, &[("group", &group), ("route", "all"), ("outcome", "delivered")]), 1);
     gw.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_batches_carry_many_messages_and_a_bad_one_falls_back_alone() {
+    let topic = unique("httpbatch");
+    let group = unique("g-httpbatch");
+    create_topic(&topic, 1).await;
+    let rx = Receiver::start().await;
+    // The batch holding m7 is refused, and so is m7 alone: only m7 is dead-lettered.
+    rx.set(Answer::FailFirst("\"m7\"".into(), 422, 2));
+    let dir = tempfile::tempdir().unwrap();
+    let routes = id_routes(dir.path(), &topic, &group, &rx.url, "", "");
+    let file = routes.join("test.toml");
+    let text = std::fs::read_to_string(&file)
+        .unwrap()
+        .replace("timeout_ms = 60000", "timeout_ms = 60000\nbatch_max_messages = 20\nbatch_linger_ms = 50\nbatch_format = \"json-array\"")
+        .replace("http = { path = \"/in/{$.id}\" }", "http = { path = \"/batch\" }");
+    std::fs::write(&file, text).unwrap();
+    produce(&id_msgs(&topic, 0..60, |i| format!("k{i}"))).await;
+    let gw = Gateway::start(&test_gateway_toml(dir.path()), &routes, base_env());
+    wait_until("committed to the end", Duration::from_secs(30), || committed(&group, &topic, 1) == vec![60]).await;
+    let mut delivered: Vec<String> = Vec::new();
+    let mut batches = 0;
+    let mut keys = std::collections::HashSet::new();
+    for r in rx.requests() {
+        let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+        let ok = !(r.body.windows(4).any(|w| w == b"\"m7\""));
+        match v {
+            serde_json::Value::Array(items) => {
+                if ok {
+                    batches += 1;
+                    assert_eq!(r.header("x-kafka-batch-size").unwrap(), items.len().to_string());
+                    assert!(keys.insert(r.header("idempotency-key").unwrap().to_string()));
+                    delivered.extend(items.iter().map(|i| i["id"].as_str().unwrap().to_string()));
+                }
+            }
+            single => {
+                if ok {
+                    delivered.push(single["id"].as_str().unwrap().to_string());
+                }
+            }
+        }
+    }
+    let n = delivered.len();
+    delivered.sort();
+    delivered.dedup();
+    assert_eq!(delivered.len(), n, "none delivered twice");
+    assert_eq!(n, 59, "every message but m7 delivered");
+    assert!(batches >= 2, "messages travelled in batches");
+    let dl = read_topic(&format!("{group}.dlq"), Duration::from_secs(20), |rs| !rs.is_empty());
+    assert_eq!(dl.len(), 1);
+    assert_eq!(dl[0].headers["vedgate-original-offset"], "7");
+    gw.stop().await;
+}
