@@ -247,9 +247,9 @@ impl Rates {
     fn next(&mut self, topic: &str) -> vedgate::tools::traffic::Record {
         self.n += 1;
         let n = self.n;
-        // Unique per (seed, n): minutes after 2020-01-01 plus a seed offset of 10 years a seed.
+        // Unique per (seed % 100, n): minutes after 2020-01-01, about two years apart per seed.
         let base = chrono::DateTime::parse_from_rfc3339("2020-01-01T00:00:00+05:00").expect("fixed date");
-        let valid = (base + chrono::Duration::minutes((n + self.seed * 5_000_000) as i64)).to_rfc3339();
+        let valid = (base + chrono::Duration::minutes((n + (self.seed % 100) * 1_000_000) as i64)).to_rfc3339();
         let mut rates = Vec::new();
         for (cur, b) in [("USD", 512u64), ("EUR", 545), ("RUB", 6)] {
             rates.push(json!({"currency": cur, "rateType": "DOP", "buy": format!("{}.{:02}", b, n % 100), "sell": format!("{}.{:02}", b + 6, (n * 7) % 100), "validFrom": valid}));
@@ -396,6 +396,7 @@ fn raw_consume(brokers: String, topic: String, group: String, count: u64, timeou
     let mut n = 0u64;
     let mut bytes = 0u64;
     let mut first: Option<(Instant, f64)> = None;
+    let mut errors = 0u64;
     while n < count && Instant::now() < deadline {
         match consumer.poll(Duration::from_millis(100)) {
             Some(Ok(m)) => {
@@ -405,7 +406,12 @@ fn raw_consume(brokers: String, topic: String, group: String, count: u64, timeou
                 bytes += m.payload().map_or(0, |p| p.len() as u64);
                 n += 1;
             }
-            Some(Err(e)) => tracing_free_log(&format!("raw-consume: {e}")),
+            Some(Err(e)) => {
+                errors += 1;
+                if errors <= 3 {
+                    tracing_free_log(&format!("raw-consume: {e}"));
+                }
+            }
             None => {}
         }
     }
@@ -414,7 +420,7 @@ fn raw_consume(brokers: String, topic: String, group: String, count: u64, timeou
     let cpu = self_cpu_s() - c0;
     println!(
         "{}",
-        json!({"messages": n, "bytes": bytes, "secs": secs, "msgs_per_s": n as f64 / secs, "cpu_s": cpu, "cpu_s_per_million": cpu * 1e6 / n.max(1) as f64, "join_s": (t0 - started).as_secs_f64(), "complete": n >= count})
+        json!({"messages": n, "bytes": bytes, "secs": secs, "msgs_per_s": n as f64 / secs, "cpu_s": cpu, "cpu_s_per_million": cpu * 1e6 / n.max(1) as f64, "join_s": (t0 - started).as_secs_f64(), "errors": errors, "complete": n >= count})
     );
     Ok(())
 }
@@ -476,8 +482,13 @@ async fn receive(listen: String, delay_ms: u64, record: bool) -> anyhow::Result<
 
 async fn handle(State((s, delay_ms)): State<(Arc<Recv>, u64)>, req: Request) -> &'static str {
     let arrived = now_us();
-    let hdr = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<i64>().ok());
-    let po = if s.record { hdr("x-kafka-partition").zip(hdr("x-kafka-offset")) } else { None };
+    let po = if s.record {
+        let h = req.headers();
+        let hdr = |name: &str| h.get(name).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<i64>().ok());
+        hdr("x-kafka-partition").zip(hdr("x-kafka-offset"))
+    } else {
+        None
+    };
     let body = axum::body::to_bytes(req.into_body(), 16 << 20).await.map(|b| b.len()).unwrap_or(0);
     if delay_ms > 0 {
         tokio::time::sleep(Duration::from_millis(delay_ms)).await;
@@ -634,14 +645,13 @@ async fn watch(url: String, target: u64, max_s: f64, warmup_s: f64, count: Strin
     let cpus = |pid: Option<u32>| -> (f64, Vec<f64>) { (pid.map_or(0.0, |p| cpu_s(&[p])), also.iter().map(|(_, p)| cpu_s(p)).collect()) };
     let started = Instant::now();
     let deadline = started + Duration::from_secs_f64(max_s);
-    // Baseline: counters at the start (normally zero for a fresh gateway).
-    let base = loop {
-        if let Some(s) = scrape(&client, &url).await {
-            break s;
-        }
+    // Counters of a freshly started gateway start at zero: the target counts
+    // from there even if it finished messages before the first scrape.
+    while scrape(&client, &url).await.is_none() {
         anyhow::ensure!(Instant::now() < deadline, "no metrics at {url}");
         tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    }
+    let base = Scrape::default();
     let base_n = pick(&base);
     // t0: the first scrape that saw progress (after the warm-up when asked).
     let mut first: Option<(Instant, Scrape, (f64, Vec<f64>))> = None;

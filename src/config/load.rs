@@ -120,10 +120,25 @@ pub fn load(opts: &LoadOptions) -> Result<(Config, Diagnostics), Diagnostics> {
 }
 
 fn read(path: &Path) -> Result<SourceFile, super::Diagnostic> {
-    match std::fs::read_to_string(path) {
+    match read_limited(path, 8 << 20) {
         Ok(text) => Ok(SourceFile::new(path, text)),
         Err(e) => Err(SourceFile::new(path, String::new()).error(None, format!("cannot read file: {e}"))),
     }
+}
+
+/// Reads a regular file of at most `limit` bytes: a FIFO would block and
+/// /dev/zero never ends (found by fuzzing the loader).
+fn read_limited(path: &Path, limit: u64) -> std::io::Result<String> {
+    use std::io::Read;
+    if !std::fs::metadata(path)?.is_file() {
+        return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a regular file"));
+    }
+    let mut text = String::new();
+    std::fs::File::open(path)?.take(limit + 1).read_to_string(&mut text)?;
+    if text.len() as u64 > limit {
+        return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, format!("larger than {limit} bytes")));
+    }
+    Ok(text)
 }
 
 fn route_files(path: &Path) -> Result<Vec<PathBuf>, super::Diagnostic> {
@@ -494,7 +509,7 @@ impl Compiler<'_> {
         if let Some(s) = self.schemas.get(&key) {
             return Some(s.clone());
         }
-        let text = match std::fs::read_to_string(&path) {
+        let text = match read_limited(&path, 1 << 20) {
             Ok(t) => t,
             Err(e) => {
                 self.diags.push(src.error(span(p), format!("cannot read schema {}: {e}", path.display())));

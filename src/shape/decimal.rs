@@ -33,7 +33,7 @@ impl Decimal {
             return None;
         }
         let mut all = format!("{int}{frac}");
-        let mut scale = frac.len() as i64 - exp;
+        let mut scale = (frac.len() as i64).checked_sub(exp)?;
         if scale < 0 {
             if scale < -200_000 {
                 return None;
