@@ -232,3 +232,11 @@ fn the_dashboard_imports_and_uses_only_metrics_the_gateway_exports() {
     assert!(used >= 10);
     assert!(dash["panels"].as_array().unwrap().len() >= 8);
 }
+
+/// Found by fuzzing the loader (fuzz/regressions/route_file-schema-dev-zero.bin).
+#[test]
+fn a_schema_that_is_not_a_regular_file_is_an_error_not_a_hang() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = GOOD.replace("http = { path = \"/x\" }", "schema = \"/dev/zero\"\nhttp = { path = \"/x\" }");
+    check_broken(dir.path(), &text, &["cannot read schema /dev/zero: not a regular file"]);
+}
