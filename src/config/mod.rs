@@ -65,7 +65,7 @@ impl Default for Settings {
     fn default() -> Self {
         Settings {
             channels: 2,
-            queue_capacity: 256,
+            queue_capacity: 1024,
             retry_initial_delay: Duration::from_millis(500),
             retry_max_delay: Duration::from_secs(30),
             commit_interval: Duration::from_millis(1000),

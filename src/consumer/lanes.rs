@@ -111,6 +111,15 @@ impl Lanes {
                 match next {
                     Some(j) => permit.send(j),
                     None => {
+                        drop(permit);
+                        // Resume only once the lane is half empty: resuming at the
+                        // first free slot would pause again at once, and every pause
+                        // makes librdkafka drop and re-fetch the partition's buffer.
+                        let half = (tx.max_capacity() / 2).max(1);
+                        tokio::select! {
+                            _ = stop.cancelled() => return,
+                            r = tx.reserve_many(half) => drop(r),
+                        }
                         let _ = resume.send((id, epoch)).await;
                         return;
                     }
