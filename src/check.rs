@@ -206,7 +206,7 @@ pub fn render(r: &Report) -> String {
         let _ = writeln!(out, "broker  {:<28} {}", b.address, if b.reachable { "reachable".to_string() } else { format!("UNREACHABLE: {}", b.error.clone().unwrap_or_default()) });
     }
     for t in &r.topics {
-        let _ = writeln!(out, "topic   {:<40} {:<10} {}", t.topic, t.partitions.map(|p| format!("{p} part.")).unwrap_or_else(|| "MISSING".into()), t.role);
+        let _ = writeln!(out, "topic   {:<48} {:<10} {}", t.topic, t.partitions.map(|p| format!("{p} part.")).unwrap_or_else(|| "MISSING".into()), t.role);
     }
     for g in &r.groups {
         out.push_str(&render_group(g));

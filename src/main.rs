@@ -250,7 +250,9 @@ fn dry_run(args: &ConfigArgs, topic: &str, group: Option<&str>, raw: bool, prett
             }
         }
     };
-    let messages: Vec<&[u8]> = if raw {
+    // A single JSON document spread over several lines is one message.
+    let one_document = data.iter().filter(|b| **b == b'\n').count() > 1 && serde_json::from_slice::<serde::de::IgnoredAny>(&data).is_ok();
+    let messages: Vec<&[u8]> = if raw || one_document {
         vec![&data[..]]
     } else {
         data.split(|b| *b == b'\n').filter(|l| !l.iter().all(u8::is_ascii_whitespace)).collect()
@@ -282,6 +284,9 @@ fn route_tests(args: &ConfigArgs, path: Option<PathBuf>) -> ExitCode {
         return ExitCode::FAILURE;
     }
     let report = vedgate::routetest::run(&cfg, &files);
+    for p in &report.passed_names {
+        println!("ok     {p}");
+    }
     for f in &report.failed {
         println!("FAILED {f}");
     }

@@ -63,6 +63,7 @@ struct SqlExpect {
 #[derive(Debug, Default)]
 pub struct Report {
     pub passed: usize,
+    pub passed_names: Vec<String>,
     pub failed: Vec<String>,
 }
 
@@ -97,7 +98,10 @@ pub fn run(config: &Config, files: &[PathBuf]) -> Report {
         };
         for c in cases.case {
             match check(config, &c) {
-                Ok(()) => report.passed += 1,
+                Ok(()) => {
+                    report.passed += 1;
+                    report.passed_names.push(format!("{}: {}", f.display(), c.name));
+                }
                 Err(why) => report.failed.push(format!("{}: {}: {why}", f.display(), c.name)),
             }
         }

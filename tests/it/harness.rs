@@ -286,11 +286,14 @@ pub async fn terminate(child: &mut std::process::Child) -> (std::process::ExitSt
 pub fn spawn_binary(config: &Path, routes: &Path, env: &[(&str, String)]) -> std::process::Child {
     let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_vedgate"));
     cmd.arg("run").arg("--config").arg(config).arg("--routes").arg(routes).arg("--env").arg("local");
-    cmd.env("BROKERS", brokers()).env("VEDGATE_ADMIN_ADDR", "").env("VEDGATE_LOG", "info,vedgate=debug");
+    // VEDGATE_TEST_LOG=debug shows the child gateways' logs too.
+    let log = std::env::var("VEDGATE_TEST_LOG").ok();
+    cmd.env("BROKERS", brokers()).env("VEDGATE_ADMIN_ADDR", "").env("VEDGATE_LOG", log.clone().unwrap_or_else(|| "warn".into()));
     for (k, v) in env {
         cmd.env(k, v);
     }
-    cmd.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::inherit());
+    let stderr = if log.is_some() { std::process::Stdio::inherit() } else { std::process::Stdio::null() };
+    cmd.stdout(std::process::Stdio::null()).stderr(stderr);
     cmd.spawn().expect("spawn vedgate")
 }
 
