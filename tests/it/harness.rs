@@ -56,7 +56,19 @@ pub fn committed(group: &str, topic: &str, partitions: i32) -> Vec<i64> {
     for p in 0..partitions {
         tpl.add_partition(topic, p);
     }
-    let got = c.committed_offsets(tpl, Duration::from_secs(10)).unwrap();
+    // The broker may answer NotCoordinator / CoordinatorLoadInProgress while the group
+    // changes hands: those are transient, so ask again (as any Kafka client would).
+    let start = Instant::now();
+    let got = loop {
+        match c.committed_offsets(tpl.clone(), Duration::from_secs(10)) {
+            Ok(got) => break got,
+            Err(e) if start.elapsed() < Duration::from_secs(30) => {
+                eprintln!("committed offsets of {group}: {e}; asking again");
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            Err(e) => panic!("committed offsets of {group}: {e}"),
+        }
+    };
     (0..partitions)
         .map(|p| got.find_partition(topic, p).map(|e| e.offset().to_raw().unwrap_or(-1001)).unwrap_or(-1001))
         .collect()
@@ -65,7 +77,21 @@ pub fn committed(group: &str, topic: &str, partitions: i32) -> Vec<i64> {
 /// High watermark per partition.
 pub fn end_offsets(topic: &str, partitions: i32) -> Vec<i64> {
     let c: BaseConsumer = ClientConfig::new().set("bootstrap.servers", brokers()).create().unwrap();
-    (0..partitions).map(|p| c.fetch_watermarks(topic, p, Duration::from_secs(10)).unwrap().1).collect()
+    (0..partitions)
+        .map(|p| {
+            let start = Instant::now();
+            loop {
+                match c.fetch_watermarks(topic, p, Duration::from_secs(10)) {
+                    Ok((_, high)) => break high,
+                    Err(e) if start.elapsed() < Duration::from_secs(30) => {
+                        eprintln!("end offset of {topic}/{p}: {e}; asking again");
+                        std::thread::sleep(Duration::from_millis(200));
+                    }
+                    Err(e) => panic!("end offset of {topic}/{p}: {e}"),
+                }
+            }
+        })
+        .collect()
 }
 
 pub async fn wait_until<F: FnMut() -> bool>(what: &str, timeout: Duration, mut f: F) {
