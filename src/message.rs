@@ -139,18 +139,22 @@ impl<'de> Visitor<'de> for StrictVisitor {
         Ok(Strict(Value::Array(out)))
     }
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Strict, A::Error> {
-        let mut out = Map::new();
+        // Contract objects have a handful of keys: start with room, skip the regrowths.
+        let mut out = Map::with_capacity(8);
         while let Some(key) = map.next_key::<String>()? {
             if out.is_empty() && key == NUMBER_TOKEN {
                 let text: String = map.next_value()?;
                 let n: Number = text.parse().map_err(de::Error::custom)?;
                 return Ok(Strict(Value::Number(n)));
             }
-            if out.contains_key(&key) {
-                return Err(de::Error::custom(format!("duplicate key {key:?}")));
+            // One hash per key: the duplicate check and the insert share it.
+            match out.entry(key) {
+                serde_json::map::Entry::Occupied(e) => return Err(de::Error::custom(format!("duplicate key {:?}", e.key()))),
+                serde_json::map::Entry::Vacant(e) => {
+                    let Strict(v) = map.next_value()?;
+                    e.insert(v);
+                }
             }
-            let Strict(v) = map.next_value()?;
-            out.insert(key, v);
         }
         Ok(Strict(Value::Object(out)))
     }

@@ -111,7 +111,7 @@ pub fn run(config: &Config, files: &[PathBuf]) -> Report {
 
 fn check(config: &Config, c: &Case) -> Result<(), String> {
     let meta = RecordMeta {
-        topic: c.topic.clone(),
+        topic: c.topic.as_str().into(),
         partition: c.partition.unwrap_or(0),
         offset: c.offset.unwrap_or(0),
         key: c.key.clone().map(String::into_bytes),

@@ -27,7 +27,7 @@ pub const COLUMN_TYPES: [Type; 8] =
 
 pub fn meta() -> RecordMeta {
     RecordMeta {
-        topic: "kz-bcc-colvir".to_string(),
+        topic: "kz-bcc-colvir".into(),
         partition: 3,
         offset: 1_234_567,
         key: Some(b"FC-2026-004512".to_vec()),

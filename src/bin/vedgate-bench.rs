@@ -68,6 +68,10 @@ enum Command {
         count: u64,
         #[arg(long, default_value_t = 120)]
         timeout_s: u64,
+        /// Read with the gateway's async StreamConsumer and its full consumer
+        /// configuration (still discarding): isolates librdkafka + tokio.
+        #[arg(long)]
+        stream: bool,
     },
     /// Time lines on stdin (e.g. kcat output): first line to the COUNT-th.
     CountLines {
@@ -170,7 +174,8 @@ fn main() -> anyhow::Result<()> {
 async fn run(cmd: Command) -> anyhow::Result<()> {
     match cmd {
         Command::Produce { brokers, topic, count, seed, kind, rate, duration_s, sent_out } => produce(brokers, topic, count, seed, kind, rate, duration_s, sent_out).await,
-        Command::RawConsume { brokers, topic, group, count, timeout_s } => tokio::task::spawn_blocking(move || raw_consume(brokers, topic, group, count, timeout_s)).await?,
+        Command::RawConsume { brokers, topic, group, count, timeout_s, stream: true } => stream_consume(brokers, topic, group, count, timeout_s).await,
+        Command::RawConsume { brokers, topic, group, count, timeout_s, stream: false } => tokio::task::spawn_blocking(move || raw_consume(brokers, topic, group, count, timeout_s)).await?,
         Command::CountLines { count } => tokio::task::spawn_blocking(move || count_lines(count)).await?,
         Command::Watch { metrics, target, max_s, warmup_s, count, pid, also } => watch(metrics, target, max_s, warmup_s, count, pid, also).await,
         Command::Latency { sent, receiver, skip_s } => latency(sent, receiver, skip_s).await,
@@ -422,6 +427,37 @@ fn raw_consume(brokers: String, topic: String, group: String, count: u64, timeou
         "{}",
         json!({"messages": n, "bytes": bytes, "secs": secs, "msgs_per_s": n as f64 / secs, "cpu_s": cpu, "cpu_s_per_million": cpu * 1e6 / n.max(1) as f64, "join_s": (t0 - started).as_secs_f64(), "errors": errors, "complete": n >= count})
     );
+    Ok(())
+}
+
+async fn stream_consume(brokers: String, topic: String, group: String, count: u64, timeout_s: u64) -> anyhow::Result<()> {
+    use futures::StreamExt;
+    let kafka = vedgate::config::KafkaSettings { profile: "bench".into(), brokers: vec![brokers], properties: Default::default() };
+    let settings = vedgate::config::Settings::default();
+    let consumer: rdkafka::consumer::StreamConsumer = vedgate::consumer::consumer_config(&kafka, &settings, &group).create()?;
+    consumer.subscribe(&[&topic])?;
+    let started = Instant::now();
+    let mut n = 0u64;
+    let mut bytes = 0u64;
+    let mut first: Option<(Instant, f64)> = None;
+    let mut stream = consumer.stream();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(timeout_s);
+    while n < count {
+        let Ok(Some(m)) = tokio::time::timeout_at(deadline, stream.next()).await else { break };
+        let Ok(m) = m else { continue };
+        if first.is_none() {
+            first = Some((Instant::now(), self_cpu_s()));
+        }
+        bytes += m.payload().map_or(0, |p| p.len() as u64);
+        if std::env::var_os("DECODE").is_some() {
+            let _ = std::hint::black_box(vedgate::message::decode(m.payload(), vedgate::message::Limits { max_bytes: 1 << 20, max_depth: 64 }));
+        }
+        n += 1;
+    }
+    let (t0, c0) = first.ok_or_else(|| anyhow::anyhow!("no message within {timeout_s}s"))?;
+    let secs = t0.elapsed().as_secs_f64();
+    let cpu = self_cpu_s() - c0;
+    println!("{}", json!({"messages": n, "bytes": bytes, "secs": secs, "msgs_per_s": n as f64 / secs, "cpu_s": cpu, "cpu_s_per_million": cpu * 1e6 / n.max(1) as f64, "join_s": (t0 - started).as_secs_f64(), "complete": n >= count}));
     Ok(())
 }
 

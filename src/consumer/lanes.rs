@@ -32,6 +32,11 @@ struct Lane {
     parked: Option<(u64, Arc<Mutex<Parked>>)>,
 }
 
+/// How long the dispatcher waits for room in a full lane before pausing the
+/// partition: a pause makes librdkafka drop the partition's fetched buffer
+/// and fetch it again, so a burst that drains in milliseconds must not pause.
+const PAUSE_AFTER: std::time::Duration = std::time::Duration::from_millis(50);
+
 /// A lane: a partition, and a slot within it when a route orders by key.
 type LaneId = (i32, u32);
 
@@ -55,7 +60,11 @@ impl Lanes {
         self.resume_rx.recv().await
     }
 
-    pub(super) fn push(&mut self, job: Job) {
+    /// Hands a job to its lane. A full lane is first given `PAUSE_AFTER` to
+    /// make room (a burst of one partition, as librdkafka fetches them);
+    /// only a lane still full after that pauses its partition. Returns
+    /// false when the subscription is stopping.
+    pub(super) async fn push(&mut self, job: Job) -> bool {
         let p = job.meta.partition;
         let id = (p, job.slot);
         let shared = &self.shared;
@@ -69,16 +78,29 @@ impl Lanes {
             let mut g = lock(q);
             if !g.closed {
                 g.jobs.push_back(job);
-                return;
+                return true;
             }
             drop(g);
             lane.parked = None;
         }
         let job = match lane.tx.try_send(job) {
-            Ok(()) => return,
-            Err(TrySendError::Closed(_)) => return, // shutting down: left unfinished
+            Ok(()) => return true,
+            Err(TrySendError::Closed(_)) => return true, // shutting down: left unfinished
             Err(TrySendError::Full(job)) => job,
         };
+        let waited = tokio::select! {
+            biased;
+            _ = shared.shutdown.stop.cancelled() => return false,
+            r = tokio::time::timeout(PAUSE_AFTER, lane.tx.reserve()) => r,
+        };
+        match waited {
+            Ok(Ok(permit)) => {
+                permit.send(job);
+                return true;
+            }
+            Ok(Err(_)) => return true, // lane closed: shutting down
+            Err(_) => {}                // still full: pause below
+        }
         // Park: stop fetching this partition until its lane has room.
         self.epochs += 1;
         let epoch = self.epochs;
@@ -126,6 +148,7 @@ impl Lanes {
                 }
             }
         });
+        true
     }
 
     pub(super) fn resume(&mut self, id: LaneId, epoch: u64) {

@@ -18,6 +18,7 @@ use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
+use futures::{FutureExt, StreamExt};
 use rdkafka::{ClientContext, TopicPartitionList};
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
@@ -77,7 +78,13 @@ pub fn consumer_config(kafka: &KafkaSettings, settings: &Settings, group: &str) 
         .set("heartbeat.interval.ms", (settings.session_timeout_ms / 4).max(500).to_string())
         .set("allow.auto.create.topics", "false")
         .set("topic.metadata.refresh.interval.ms", "10000")
+        // The prefetch buffer: up to 16 MiB in all. When it is full librdkafka
+        // backs the partition's next fetch off by `fetch.queue.backoff.ms`,
+        // 1 s by default: long enough for the gateway to empty the buffer and
+        // then sit idle (measured: 85k msg/s instead of 300k+). 10 ms keeps
+        // the buffer topped up without polling the broker in a loop.
         .set("queued.max.messages.kbytes", "16384")
+        .set("fetch.queue.backoff.ms", "10")
         .set("fetch.wait.max.ms", "100")
         .set("statistics.interval.ms", "5000");
     for (k, v) in &kafka.properties {
@@ -192,6 +199,11 @@ impl ClientContext for QuietContext {
 impl ConsumerContext for CoreContext {
     fn pre_rebalance(&self, _c: &rdkafka::consumer::BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Revoke(tpl) = rebalance {
+            // Tell librdkafka the final positions of what it is about to commit and give away.
+            let revoked: Vec<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
+            if let Some(e) = tpl.elements().first() {
+                store_positions(_c, e.topic(), &self.tracker, Some(&revoked));
+            }
             let mut t = lock(&self.tracker);
             for e in tpl.elements() {
                 tracing::info!(group = %self.group, topic = e.topic(), partition = e.partition(), pending = t.pending_in(e.partition()), "partition revoked; its unfinished messages will be redelivered to the new owner");
@@ -229,6 +241,11 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 type CoreConsumer = StreamConsumer<CoreContext>;
+
+/// How often finished positions are handed to librdkafka for its next commit.
+const STORE_INTERVAL: Duration = Duration::from_millis(100);
+/// Messages taken from librdkafka per pass of the dispatcher loop.
+const BURST: usize = 256;
 
 /// What a lane does with a message.
 enum Work {
@@ -314,14 +331,29 @@ impl Shared {
         lock(&self.tracker).generation(job.meta.partition) == Some(job.generation)
     }
 
-    /// Marks a message final and stores the offset when the finished prefix grew.
+    /// Marks a message final. The grown finished prefix reaches librdkafka
+    /// with the next [`store_positions`] (every 100 ms, on revoke, at stop).
     fn finish(&self, meta: &RecordMeta, generation: u64) {
-        let store = lock(&self.tracker).finish(meta.partition, meta.offset, generation);
-        if let Some(offset) = store {
-            if let Err(e) = self.consumer.store_offset(&meta.topic, meta.partition, offset) {
-                tracing::debug!(topic = %meta.topic, partition = meta.partition, offset, error = %e, "offset not stored (partition no longer assigned)");
-            }
+        lock(&self.tracker).finish(meta.partition, meta.offset, generation);
+    }
+}
+
+/// Stores in the consumer the positions that moved since the last call (of
+/// `partitions`, or all), for its next commit: one call for many messages,
+/// always from the task that polls the consumer, so never racing a rebalance.
+fn store_positions<C: Consumer<X>, X: ConsumerContext>(consumer: &C, topic: &str, tracker: &Mutex<OffsetTracker>, partitions: Option<&[i32]>) {
+    let positions = lock(tracker).take_positions(partitions);
+    if positions.is_empty() {
+        return;
+    }
+    let mut tpl = TopicPartitionList::with_capacity(positions.len());
+    for (p, next) in &positions {
+        if let Err(e) = tpl.add_partition_offset(topic, *p, rdkafka::Offset::Offset(*next)) {
+            tracing::warn!(%topic, partition = p, error = %e, "offset not stored");
         }
+    }
+    if let Err(e) = consumer.store_offsets(&tpl) {
+        tracing::debug!(%topic, ?positions, error = %e, "offsets not stored (partition no longer assigned)");
     }
 }
 
@@ -402,24 +434,33 @@ async fn run_subscription(
     });
     let in_flight = metrics.gauge(crate::metrics::IN_FLIGHT, &[("group", &group)]);
     let kafka_errors = metrics.counter(crate::metrics::KAFKA_ERRORS_TOTAL, &[("group", &group)]);
+    let topic_name: Arc<str> = Arc::from(topic.as_str());
     let limits = Limits { max_bytes: config.settings.max_message_bytes, max_depth: config.settings.max_json_depth };
 
     let mut lanes = lanes::Lanes::new(shared.clone());
     let stall_limit = config.settings.stall_timeout;
     let mut watchdog = tokio::time::interval((stall_limit / 2).max(Duration::from_millis(500)));
     watchdog.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut store_tick = tokio::time::interval(STORE_INTERVAL);
+    store_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_error_log: Option<(String, Instant)> = None;
+    let mut stream = consumer.stream();
+    let mut burst: Vec<rdkafka::message::BorrowedMessage<'_>> = Vec::with_capacity(BURST);
     loop {
         let msg = tokio::select! {
             biased;
             _ = shutdown.stop.cancelled() => break,
             Some((p, epoch)) = lanes.resumed() => { lanes.resume(p, epoch); continue }
+            _ = store_tick.tick() => {
+                store_positions(consumer.as_ref(), &topic, &tracker, None);
+                continue
+            }
             _ = watchdog.tick() => {
                 report_stalled(&shared, stall_limit);
                 in_flight.store(lock(&tracker).in_flight() as i64, std::sync::atomic::Ordering::Relaxed);
                 continue
             }
-            m = consumer.recv() => m,
+            m = stream.next() => m.expect("Kafka message streams never end"),
         };
         let m = match msg {
             Ok(m) => m,
@@ -446,8 +487,18 @@ async fn run_subscription(
                 continue;
             }
         };
+        // Take what else librdkafka already has, without waiting: one pass
+        // of the loop (and its select) per burst, not per message.
+        burst.push(m);
+        while burst.len() < BURST {
+            match stream.next().now_or_never() {
+                Some(Some(Ok(m))) => burst.push(m),
+                _ => break, // nothing ready, or an error: seen on the next recv
+            }
+        }
+        for m in burst.drain(..) {
         let meta = RecordMeta {
-            topic: m.topic().to_string(),
+            topic: topic_name.clone(),
             partition: m.partition(),
             offset: m.offset(),
             key: m.key().map(<[u8]>::to_vec),
@@ -493,10 +544,16 @@ async fn run_subscription(
                 Work::DeadLetter { class: ErrorClass::InvalidMessage, reason }
             }
         };
-        lanes.push(Job { view, work, slot, meta, raw, generation, read_at: Instant::now() });
+        if !lanes.push(Job { view, work, slot, meta, raw, generation, read_at: Instant::now() }).await {
+            break;
+        }
+        }
     }
+    drop(burst);
+    drop(stream);
 
     lanes.close().await;
+    store_positions(consumer.as_ref(), &topic, &tracker, None);
     let remaining = lock(&tracker).in_flight();
     if remaining > 0 {
         tracing::info!(%group, unfinished = remaining, "messages left unfinished at shutdown are not committed and will be redelivered");

@@ -17,13 +17,17 @@ struct PartitionState {
     base: Option<i64>,
     /// Last offset reported as stored (all before it and it are final).
     stored: Option<i64>,
-    /// When a message of this partition last became final (or the assignment began).
-    progress_at: Instant,
+    /// Set when `stored` moved and the consumer has not been told yet.
+    unpushed: bool,
+    /// Messages finished so far, and what the watchdog last saw of it (and
+    /// when): progress is noticed by the watchdog, not clocked per message.
+    finished: u64,
+    seen: (u64, Instant),
 }
 
 impl PartitionState {
     fn new(generation: u64) -> Self {
-        PartitionState { generation, pending: BTreeSet::new(), next: 0, base: None, stored: None, progress_at: Instant::now() }
+        PartitionState { generation, pending: BTreeSet::new(), next: 0, base: None, stored: None, unpushed: false, finished: 0, seen: (0, Instant::now()) }
     }
 }
 
@@ -66,7 +70,8 @@ impl OffsetTracker {
             return None;
         }
         if p.pending.is_empty() {
-            p.progress_at = Instant::now();
+            // Idle until now: the stall clock starts with this message.
+            p.finished += 1;
         }
         p.pending.insert(offset);
         p.base.get_or_insert(offset);
@@ -75,12 +80,18 @@ impl OffsetTracker {
     }
 
     /// Partitions with unfinished messages and no progress for `limit`.
-    pub fn stalled(&self, limit: Duration) -> Vec<(i32, usize, Duration)> {
-        self.partitions
-            .iter()
-            .filter(|(_, p)| !p.pending.is_empty() && p.progress_at.elapsed() >= limit)
-            .map(|(id, p)| (*id, p.pending.len(), p.progress_at.elapsed()))
-            .collect()
+    /// Called periodically (the watchdog); stalls are measured from the first
+    /// call that saw no progress.
+    pub fn stalled(&mut self, limit: Duration) -> Vec<(i32, usize, Duration)> {
+        let mut out = Vec::new();
+        for (id, p) in self.partitions.iter_mut() {
+            if p.seen.0 != p.finished {
+                p.seen = (p.finished, Instant::now());
+            } else if !p.pending.is_empty() && p.seen.1.elapsed() >= limit {
+                out.push((*id, p.pending.len(), p.seen.1.elapsed()));
+            }
+        }
+        out
     }
 
     /// A message's outcome is final. Returns the offset to store (the last
@@ -90,7 +101,7 @@ impl OffsetTracker {
         if p.generation != generation || !p.pending.remove(&offset) {
             return None;
         }
-        p.progress_at = Instant::now();
+        p.finished += 1;
         let done_through = match p.pending.first() {
             Some(first) => first - 1,
             None => p.next - 1,
@@ -99,7 +110,23 @@ impl OffsetTracker {
             return None;
         }
         p.stored = Some(done_through);
+        p.unpushed = true;
         Some(done_through)
+    }
+
+    /// Positions (one past the last final offset) that moved since the last
+    /// call, for `partitions` or all when `None`: what to store in the consumer.
+    pub fn take_positions(&mut self, partitions: Option<&[i32]>) -> Vec<(i32, i64)> {
+        let mut out = Vec::new();
+        for (id, p) in self.partitions.iter_mut() {
+            if p.unpushed && partitions.is_none_or(|only| only.contains(id)) {
+                p.unpushed = false;
+                if let Some(s) = p.stored {
+                    out.push((*id, s + 1));
+                }
+            }
+        }
+        out
     }
 
     /// Partitions currently assigned.
@@ -131,6 +158,8 @@ mod tests {
         assert_eq!(t.finish(0, 12, g), None);
         assert_eq!(t.finish(0, 10, g), Some(12));
         assert_eq!(t.in_flight(), 0);
+        assert_eq!(t.take_positions(None), vec![(0, 13)], "the position is one past the last final offset");
+        assert_eq!(t.take_positions(None), vec![], "told once");
     }
 
     #[test]

@@ -261,7 +261,7 @@ impl HttpShape {
         let mut headers = Vec::with_capacity(self.headers.len() + 6);
         headers.push(("Content-Type".to_string(), "application/json".to_string()));
         headers.extend(self.headers.iter().cloned());
-        headers.push(("X-Kafka-Topic".to_string(), meta.topic.clone()));
+        headers.push(("X-Kafka-Topic".to_string(), meta.topic.to_string()));
         headers.push(("X-Kafka-Partition".to_string(), meta.partition.to_string()));
         headers.push(("X-Kafka-Offset".to_string(), meta.offset.to_string()));
         if let Some(k) = meta.key_text() {

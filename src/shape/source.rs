@@ -8,7 +8,8 @@ use crate::routing::JsonPath;
 /// Kafka coordinates and metadata of one record.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RecordMeta {
-    pub topic: String,
+    /// Shared by every record of a subscription: no copy per message.
+    pub topic: std::sync::Arc<str>,
     pub partition: i32,
     pub offset: i64,
     pub key: Option<Vec<u8>>,
@@ -83,7 +84,7 @@ impl Source {
             Source::Message(p) => p.first(msg).cloned(),
             Source::Element(p) => element.and_then(|e| p.first(e)).cloned(),
             Source::Kafka(f) => Some(match f {
-                KafkaField::Topic => Value::String(meta.topic.clone()),
+                KafkaField::Topic => Value::String(meta.topic.to_string()),
                 KafkaField::Partition => Value::from(meta.partition),
                 KafkaField::Offset => Value::from(meta.offset),
                 KafkaField::Key => return meta.key_text().map(Value::String),

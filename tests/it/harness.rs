@@ -36,8 +36,21 @@ pub fn unique(prefix: &str) -> String {
     format!("{prefix}-{}-{t}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
 }
 
+/// Creates `name` with `partitions`. A busy broker may answer a transient
+/// error (request timed out, controller moving); ask again for up to 30 s.
+/// A topic that already exists (an earlier attempt did create it) is fine.
 pub async fn create_topic(name: &str, partitions: i32) {
-    vedgate::tools::create_topics(&brokers(), &[(name, partitions)]).await.expect("create topic");
+    let start = Instant::now();
+    loop {
+        match vedgate::tools::create_topics(&brokers(), &[(name, partitions)]).await {
+            Ok(()) => return,
+            Err(e) if start.elapsed() < Duration::from_secs(30) => {
+                eprintln!("create topic {name}: {e}; asking again");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(e) => panic!("create topic {name}: {e}"),
+        }
+    }
 }
 
 pub async fn produce(records: &[Record]) {
@@ -74,6 +87,27 @@ pub fn committed(group: &str, topic: &str, partitions: i32) -> Vec<i64> {
         .collect()
 }
 
+/// Commits `offsets` synchronously with `c`, asking again for up to 30 s when
+/// the broker answers a transient error (NotCoordinator,
+/// CoordinatorLoadInProgress, a timeout), as `committed` does. Committing the
+/// same offsets again is harmless. An empty list is not committed at all.
+pub fn commit_sync<C: Consumer>(c: &C, offsets: &TopicPartitionList) {
+    if offsets.count() == 0 {
+        return;
+    }
+    let start = Instant::now();
+    loop {
+        match c.commit(offsets, rdkafka::consumer::CommitMode::Sync) {
+            Ok(()) => return,
+            Err(e) if start.elapsed() < Duration::from_secs(30) => {
+                eprintln!("commit {:?}: {e}; trying again", offsets.to_topic_map());
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            Err(e) => panic!("commit {:?}: {e}", offsets.to_topic_map()),
+        }
+    }
+}
+
 /// High watermark per partition.
 pub fn end_offsets(topic: &str, partitions: i32) -> Vec<i64> {
     let c: BaseConsumer = ClientConfig::new().set("bootstrap.servers", brokers()).create().unwrap();
@@ -94,9 +128,22 @@ pub fn end_offsets(topic: &str, partitions: i32) -> Vec<i64> {
         .collect()
 }
 
+/// Polls `f` every 100 ms until it holds; panics after `timeout`.
+///
+/// `f` may block (`committed`, `end_offsets` ask the broker and retry for up
+/// to 30 s): on a multi-thread runtime (every tokio test here) it runs in
+/// `block_in_place`, so a runtime worker that calls this does not hold up the
+/// tasks queued on it (in-process gateways, receivers) while `f` blocks.
+/// `block_in_place` panics on a current-thread runtime, where `f` is called
+/// directly instead.
 pub async fn wait_until<F: FnMut() -> bool>(what: &str, timeout: Duration, mut f: F) {
+    let multi_thread = tokio::runtime::Handle::current().runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread;
     let start = Instant::now();
-    while !f() {
+    loop {
+        let holds = if multi_thread { tokio::task::block_in_place(&mut f) } else { f() };
+        if holds {
+            return;
+        }
         if start.elapsed() > timeout {
             panic!("timed out after {timeout:?} waiting for {what}");
         }
@@ -127,6 +174,9 @@ pub struct Received {
     pub path: String,
     pub headers: HashMap<String, String>,
     pub body: Bytes,
+    /// When the request reached the receiver (before its body was read):
+    /// compare these rather than when a test noticed the request.
+    pub at: Instant,
 }
 
 impl Received {
@@ -139,11 +189,13 @@ impl Received {
 #[derive(Debug, Clone)]
 pub enum Answer {
     Ok,
-    Status(u16, Option<u64>),
     /// Never answers a request whose body contains the marker; others get 200.
     StallOn(String),
     /// Answers with the given status the first `n` times a marker is seen.
     FailFirst(String, u16, usize),
+    /// Answers the first `n` requests (counted by this answer) with the
+    /// status and optional Retry-After seconds, then 200.
+    StatusFirst(u16, Option<u64>, usize),
 }
 
 #[derive(Clone)]
@@ -175,24 +227,39 @@ impl Receiver {
     pub fn count(&self) -> usize {
         self.got.lock().unwrap().len()
     }
+
+    /// Time from the first arrival to the last among the requests `which`
+    /// selects (zero when fewer than two).
+    pub fn span(&self, which: impl Fn(&Received) -> bool) -> Duration {
+        let got = self.got.lock().unwrap();
+        let times: Vec<Instant> = got.iter().filter(|r| which(r)).map(|r| r.at).collect();
+        match (times.iter().min(), times.iter().max()) {
+            (Some(first), Some(last)) => *last - *first,
+            _ => Duration::ZERO,
+        }
+    }
 }
 
 async fn handle(State(r): State<Receiver>, req: Request) -> Response {
+    let at = Instant::now();
     let method = req.method().to_string();
     let path = req.uri().path().to_string();
     let headers = req.headers().iter().map(|(k, v)| (k.as_str().to_string(), v.to_str().unwrap_or("").to_string())).collect();
     let body = axum::body::to_bytes(req.into_body(), 64 << 20).await.unwrap_or_default();
     let text = String::from_utf8_lossy(&body).to_string();
     let answer = r.answer.lock().unwrap().clone();
-    r.got.lock().unwrap().push(Received { method, path, headers, body });
+    r.got.lock().unwrap().push(Received { method, path, headers, body, at });
     match answer {
         Answer::Ok => StatusCode::OK.into_response(),
-        Answer::Status(s, retry_after) => {
-            let mut resp = StatusCode::from_u16(s).unwrap().into_response();
-            if let Some(ra) = retry_after {
-                resp.headers_mut().insert("retry-after", ra.to_string().parse().unwrap());
+        Answer::StatusFirst(s, retry_after, n) => {
+            let mut seen = r.seen.lock().unwrap();
+            let c = seen.entry(String::from("\0status-first")).or_default();
+            *c += 1;
+            if *c <= n {
+                status_response(s, retry_after)
+            } else {
+                StatusCode::OK.into_response()
             }
-            resp
         }
         Answer::StallOn(marker) if text.contains(&marker) => {
             std::future::pending::<()>().await;
@@ -213,6 +280,14 @@ async fn handle(State(r): State<Receiver>, req: Request) -> Response {
     }
 }
 
+fn status_response(status: u16, retry_after: Option<u64>) -> Response {
+    let mut resp = StatusCode::from_u16(status).unwrap().into_response();
+    if let Some(ra) = retry_after {
+        resp.headers_mut().insert("retry-after", ra.to_string().parse().unwrap());
+    }
+    resp
+}
+
 /// Environment for a gateway under test: local broker, no admin server,
 /// fast retries and commits.
 pub fn base_env() -> Env {
@@ -229,7 +304,7 @@ retry_initial_delay_ms = 100
 retry_max_delay_ms = 1000
 commit_interval_ms = 200
 shutdown_grace_ms = 3000
-session_timeout_ms = 6000
+session_timeout_ms = 15000
 max_message_bytes = 500000
 admin_addr = ""
 
@@ -279,8 +354,35 @@ impl Gateway {
     }
 }
 
+/// A `vedgate` child process that is killed when dropped, so a failing test
+/// does not leave a gateway running (consuming the group, holding ports).
+/// Derefs to the `Child`.
+pub struct ChildGuard(std::process::Child);
+
+impl std::ops::Deref for ChildGuard {
+    type Target = std::process::Child;
+    fn deref(&self) -> &std::process::Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for ChildGuard {
+    fn deref_mut(&mut self) -> &mut std::process::Child {
+        &mut self.0
+    }
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
 /// The gateway binary as a child process, its log in `log`.
-pub fn spawn_binary_logged(config: &Path, routes: &Path, env: &[(&str, String)], log: &Path) -> std::process::Child {
+pub fn spawn_binary_logged(config: &Path, routes: &Path, env: &[(&str, String)], log: &Path) -> ChildGuard {
     let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_vedgate"));
     cmd.arg("run").arg("--config").arg(config).arg("--routes").arg(routes).arg("--env").arg("local");
     cmd.env("BROKERS", brokers()).env("VEDGATE_ADMIN_ADDR", "").env("VEDGATE_LOG", "info");
@@ -289,7 +391,7 @@ pub fn spawn_binary_logged(config: &Path, routes: &Path, env: &[(&str, String)],
     }
     let f = std::fs::File::create(log).unwrap();
     cmd.stdout(std::process::Stdio::null()).stderr(f);
-    cmd.spawn().expect("spawn vedgate")
+    ChildGuard(cmd.spawn().expect("spawn vedgate"))
 }
 
 /// Sends SIGTERM and returns the exit status and how long the exit took.
@@ -309,7 +411,7 @@ pub async fn terminate(child: &mut std::process::Child) -> (std::process::ExitSt
 }
 
 /// The gateway binary as a child process.
-pub fn spawn_binary(config: &Path, routes: &Path, env: &[(&str, String)]) -> std::process::Child {
+pub fn spawn_binary(config: &Path, routes: &Path, env: &[(&str, String)]) -> ChildGuard {
     let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_vedgate"));
     cmd.arg("run").arg("--config").arg(config).arg("--routes").arg(routes).arg("--env").arg("local");
     // VEDGATE_TEST_LOG=debug shows the child gateways' logs too.
@@ -320,7 +422,7 @@ pub fn spawn_binary(config: &Path, routes: &Path, env: &[(&str, String)]) -> std
     }
     let stderr = if log.is_some() { std::process::Stdio::inherit() } else { std::process::Stdio::null() };
     cmd.stdout(std::process::Stdio::null()).stderr(stderr);
-    cmd.spawn().expect("spawn vedgate")
+    ChildGuard(cmd.spawn().expect("spawn vedgate"))
 }
 
 /// A record read back from a topic.
@@ -341,6 +443,9 @@ pub fn read_topic(topic: &str, timeout: Duration, want: impl Fn(&[ReadBack]) -> 
         .set("group.id", unique("reader"))
         .set("enable.auto.commit", "false")
         .set("auto.offset.reset", "earliest")
+        // A topic the gateway creates (dead letters) may appear after the
+        // subscription: see it within a second, not librdkafka's 5 minutes.
+        .set("topic.metadata.refresh.interval.ms", "1000")
         .create()
         .unwrap();
     c.subscribe(&[topic]).unwrap();

@@ -137,10 +137,17 @@ async fn without_a_dead_letter_topic_the_partition_stops_and_others_move() {
 
     let gw = Gateway::start(&test_gateway_toml(dir.path()), &routes, base_env());
     wait_until("other partition delivered", Duration::from_secs(30), || ids(&rx).contains(&"other".to_string())).await;
+    let end = end_offsets(&topic, 2);
+    wait_until("the stuck message retried", Duration::from_secs(30), || ids(&rx).iter().filter(|i| *i == "stuck").count() >= 2).await;
+    wait_until("both partitions committed as far as they go", Duration::from_secs(30), || {
+        let c = committed(&group, &topic, 2);
+        c[1] == end[1] && c[0] == end[0] - 2
+    })
+    .await;
+    // And it stays there: several commit intervals and retries later, still
+    // nothing past the stuck message.
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert!(!ids(&rx).contains(&"after-stuck".to_string()), "nothing after the stuck message in its partition");
-    assert!(ids(&rx).iter().filter(|i| *i == "stuck").count() >= 2, "the stuck message is retried, not skipped");
-    let end = end_offsets(&topic, 2);
     let c = committed(&group, &topic, 2);
     assert_eq!(c[1], end[1], "the other partition is committed to its end");
     assert_eq!(c[0], end[0] - 2, "the stuck partition is committed up to the stuck message");
@@ -190,18 +197,19 @@ async fn a_429_with_retry_after_is_waited_out_not_dead_lettered() {
     let group = unique("g-retry-after");
     create_topic(&topic, 1).await;
     let rx = Receiver::start().await;
-    rx.set(Answer::Status(429, Some(2)));
+    // The first attempt gets 429 with Retry-After: 2, any later one 200.
+    rx.set(Answer::StatusFirst(429, Some(2), 1));
     let dir = tempfile::tempdir().unwrap();
     // Backoff alone would retry after 50 ms; Retry-After: 2 must win.
     let routes = routes(dir.path(), &topic, &group, &rx.url, "", "retry = { initial_delay_ms = 50, max_delay_ms = 5000, max_attempts = 5 }");
     produce(&[record(&topic, None, br#"{"id": "limited"}"#)]).await;
     let gw = Gateway::start(&test_gateway_toml(dir.path()), &routes, base_env());
-    wait_until("first attempt", Duration::from_secs(30), || rx.count() >= 1).await;
-    let first = std::time::Instant::now();
-    rx.set(Answer::Ok);
-    wait_until("delivered after the wait", Duration::from_secs(10), || rx.count() >= 2).await;
-    let waited = first.elapsed();
+    wait_until("delivered after the wait", Duration::from_secs(30), || rx.count() >= 2).await;
+    let got = rx.requests();
+    // Between the two arrivals, not from when the test noticed the first.
+    let waited = got[1].at - got[0].at;
     assert!(waited >= Duration::from_millis(1800), "retried after {waited:?}, before Retry-After");
+    assert!(waited < Duration::from_secs(10), "retried only after {waited:?} for Retry-After: 2");
     assert_eq!(rx.count(), 2);
     wait_until("committed", Duration::from_secs(10), || committed(&group, &topic, 1) == vec![1]).await;
     assert_eq!(gw.metrics.get(vedgate::metrics::MESSAGES_TOTAL, &[("group", &group), ("route", "all"), ("outcome", "dead_lettered")]), 0);

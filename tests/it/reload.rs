@@ -42,11 +42,12 @@ async fn a_changed_url_applies_within_seconds_and_a_broken_file_changes_nothing(
     write_routes(&routes, &topic, &group, &b.url, "b");
     let switched = Instant::now();
     // Keep producing until a message reaches B: that is the switch time.
+    let producer = vedgate::tools::producer(&brokers()).unwrap();
     let mut i = 0;
     while b.count() == 0 {
-        produce(&[record(&topic, Some("k"), format!(r#"{{"id": "p{i}"}}"#).as_bytes())]).await;
+        vedgate::tools::produce_all(&producer, &[record(&topic, Some("k"), format!(r#"{{"id": "p{i}"}}"#).as_bytes())], 1).await.expect("produce");
         i += 1;
-        assert!(switched.elapsed() < Duration::from_secs(5), "new URL not in use 5 s after the edit");
+        assert!(switched.elapsed() < Duration::from_secs(15), "new URL not in use 15 s after the edit");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
@@ -87,7 +88,7 @@ async fn twenty_reloads_during_fifty_thousand_messages_lose_and_duplicate_nothin
         tokio::time::sleep(Duration::from_millis(600)).await;
         reloads += 1;
         write_routes(&routes, &topic, &group, &rx.url, &format!("v{reloads}-{}", "x".repeat(reloads)));
-        wait_until("reload applied", Duration::from_secs(5), || gw.metrics.get(vedgate::metrics::CONFIG_RELOADS_TOTAL, &[("result", "success")]) >= reloads as u64).await;
+        wait_until("reload applied", Duration::from_secs(15), || gw.metrics.get(vedgate::metrics::CONFIG_RELOADS_TOTAL, &[("result", "success")]) >= reloads as u64).await;
     }
     wait_until("all delivered", Duration::from_secs(180), || rx.count() >= n).await;
     tokio::time::sleep(Duration::from_millis(500)).await;

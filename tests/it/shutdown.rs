@@ -90,6 +90,6 @@ async fn a_topic_created_after_start_is_picked_up() {
     wait_until("the missing topic is reported", Duration::from_secs(30), || std::fs::read_to_string(&log).unwrap_or_default().contains("does not exist yet")).await;
     create_topic(&topic, 3).await;
     produce(&[record(&topic, Some("a"), br#"{"id": 1}"#)]).await;
-    wait_until("delivered after the topic appeared", Duration::from_secs(60), || rx.count() == 1).await;
+    wait_until("delivered after the topic appeared", Duration::from_secs(60), || rx.count() >= 1).await;
     assert_bounded_stop(&mut child, &log).await;
 }
