@@ -183,7 +183,7 @@ impl Lanes {
 async fn lane_worker(shared: Arc<Shared>, mut rx: mpsc::Receiver<Job>) {
     let mut next: Option<Job> = None;
     loop {
-        let job = match next.take() {
+        let mut job = match next.take() {
             Some(j) => j,
             None => match rx.recv().await {
                 Some(j) => j,
@@ -196,8 +196,11 @@ async fn lane_worker(shared: Arc<Shared>, mut rx: mpsc::Receiver<Job>) {
         if !shared.owns(&job) {
             continue; // partition revoked since the message was read
         }
+        if !classified(&shared, &mut job) {
+            continue;
+        }
         if let Some(batching) = batching_of(&job) {
-            let (batch, rest) = collect_batch(job, &mut rx, batching).await;
+            let (batch, rest) = collect_batch(&shared, job, &mut rx, batching).await;
             next = rest;
             deliver_batch(&shared, batch).await;
             continue;
@@ -207,9 +210,28 @@ async fn lane_worker(shared: Arc<Shared>, mut rx: mpsc::Receiver<Job>) {
             Work::DeadLetter { class, reason } => {
                 dead_letter(&shared, &job, crate::metrics::INVALID_ROUTE, *class, reason, 0).await == DeadLetterResult::Written
             }
+            Work::Undecoded => unreachable!("classified above"),
         };
         if done {
             shared.finish(&job.meta, job.generation);
+        }
+    }
+}
+
+/// Parses and routes a job the dispatcher handed over undecoded. False when
+/// it is skipped (already counted): it is finished here.
+fn classified(shared: &Shared, job: &mut Job) -> bool {
+    if !matches!(job.work, Work::Undecoded) {
+        return true;
+    }
+    match shared.classify(&job.view, job.raw.as_deref(), &job.meta) {
+        Some((work, _)) => {
+            job.work = work;
+            true
+        }
+        None => {
+            shared.finish(&job.meta, job.generation);
+            false
         }
     }
 }
@@ -227,18 +249,18 @@ fn batching_of(job: &Job) -> Option<(usize, crate::config::Batching)> {
 fn route_of(job: &Job) -> Option<usize> {
     match &job.work {
         Work::Deliver { route, .. } => Some(*route),
-        Work::DeadLetter { .. } => None,
+        Work::DeadLetter { .. } | Work::Undecoded => None,
     }
 }
 
 /// Takes the consecutive jobs for the same sink (and configuration) that are
 /// queued, waiting up to the linger time; returns the first job that does not
 /// fit so it is handled next, in order.
-async fn collect_batch(first: Job, rx: &mut mpsc::Receiver<Job>, (sink, b): (usize, crate::config::Batching)) -> (Vec<Job>, Option<Job>) {
+async fn collect_batch(shared: &Shared, first: Job, rx: &mut mpsc::Receiver<Job>, (sink, b): (usize, crate::config::Batching)) -> (Vec<Job>, Option<Job>) {
     let deadline = tokio::time::Instant::now() + b.linger;
     let mut batch = vec![first];
     while batch.len() < b.max_rows {
-        let j = match rx.try_recv() {
+        let mut j = match rx.try_recv() {
             Ok(j) => j,
             Err(_) if b.linger.is_zero() => break,
             Err(_) => match tokio::time::timeout_at(deadline, rx.recv()).await {
@@ -246,6 +268,9 @@ async fn collect_batch(first: Job, rx: &mut mpsc::Receiver<Job>, (sink, b): (usi
                 _ => break,
             },
         };
+        if shared.owns(&j) && !classified(shared, &mut j) {
+            continue; // skipped, and finished
+        }
         // SQL batches may mix routes of one sink; an HTTP batch goes to one route's URL.
         let same_route = b.format.is_none() || route_of(&j) == route_of(&batch[0]);
         let fits = Arc::ptr_eq(&j.view, &batch[0].view) && batching_of(&j).is_some_and(|(s, _)| s == sink) && same_route;

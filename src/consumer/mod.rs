@@ -249,6 +249,8 @@ const BURST: usize = 256;
 
 /// What a lane does with a message.
 enum Work {
+    /// Not parsed yet: the lane classifies it first ([`Shared::classify`]).
+    Undecoded,
     Deliver { route: usize, value: Value },
     DeadLetter { class: ErrorClass, reason: String },
 }
@@ -259,13 +261,16 @@ pub struct SubView {
     pub sub: usize,
     pub sinks: Arc<Vec<Sink>>,
     counters: Vec<RouteCounters>,
+    /// Some route orders by key: the lane of a message depends on its content.
+    keyed: bool,
 }
 
 impl SubView {
     pub fn new(config: Arc<Config>, sub: usize, sinks: Arc<Vec<Sink>>, metrics: &Metrics) -> Self {
         let s = &config.subscriptions[sub];
         let counters = s.routes.iter().map(|r| RouteCounters::new(metrics, &s.group, &r.name)).collect();
-        SubView { config, sub, sinks, counters }
+        let keyed = s.routes.iter().any(|r| r.order_key.is_some());
+        SubView { config, sub, sinks, counters, keyed }
     }
 
     pub fn subscription(&self) -> &crate::config::Subscription {
@@ -319,6 +324,7 @@ struct Shared {
     mirror_slots: Arc<tokio::sync::Semaphore>,
     dead_letters: Option<DeadLetterWriter>,
     metrics: Arc<Metrics>,
+    limits: Limits,
 }
 
 impl Shared {
@@ -329,6 +335,42 @@ impl Shared {
     /// Whether the job's partition is still assigned as it was when the job was read.
     fn owns(&self, job: &Job) -> bool {
         lock(&self.tracker).generation(job.meta.partition) == Some(job.generation)
+    }
+
+    /// Parses a message and finds its route (and, for key order, its lane
+    /// slot). `None`: skipped (no route claims it, or it is invalid and
+    /// cannot be dead-lettered), counted and logged here; the caller finishes it.
+    fn classify(&self, view: &SubView, raw: Option<&[u8]>, meta: &RecordMeta) -> Option<(Work, u32)> {
+        match decode(raw, self.limits) {
+            Ok(value) => match view.subscription().table.find(&value) {
+                Some(route) => {
+                    inc(&view.counters[route].consumed);
+                    let slot = match &view.subscription().routes[route].order_key {
+                        Some(k) => order_slot(k.resolve(&value, None, meta), self.settings.channels),
+                        None => 0,
+                    };
+                    Some((Work::Deliver { route, value }, slot))
+                }
+                None => {
+                    inc(&self.unmatched.consumed);
+                    inc(&self.unmatched.skipped);
+                    tracing::trace!(group = %self.group, partition = meta.partition, offset = meta.offset, "no route claims the message; skipped");
+                    None
+                }
+            },
+            Err(invalid) => {
+                inc(&self.invalid.consumed);
+                let reason = invalid.to_string();
+                if invalid == Invalid::Tombstone || self.dead_letters.is_none() {
+                    // A tombstone is a delete marker no route can take; without a
+                    // dead-letter topic an invalid message cannot be kept anywhere.
+                    inc(&self.invalid.skipped);
+                    tracing::warn!(group = %self.group, topic = %meta.topic, partition = meta.partition, offset = meta.offset, %reason, "invalid message skipped");
+                    return None;
+                }
+                Some((Work::DeadLetter { class: ErrorClass::InvalidMessage, reason }, 0))
+            }
+        }
     }
 
     /// Marks a message final. The grown finished prefix reaches librdkafka
@@ -431,11 +473,11 @@ async fn run_subscription(
         mirror_slots: Arc::new(tokio::sync::Semaphore::new(64)),
         dead_letters,
         metrics: metrics.clone(),
+        limits: Limits { max_bytes: config.settings.max_message_bytes, max_depth: config.settings.max_json_depth },
     });
     let in_flight = metrics.gauge(crate::metrics::IN_FLIGHT, &[("group", &group)]);
     let kafka_errors = metrics.counter(crate::metrics::KAFKA_ERRORS_TOTAL, &[("group", &group)]);
     let topic_name: Arc<str> = Arc::from(topic.as_str());
-    let limits = Limits { max_bytes: config.settings.max_message_bytes, max_depth: config.settings.max_json_depth };
 
     let mut lanes = lanes::Lanes::new(shared.clone());
     let stall_limit = config.settings.stall_timeout;
@@ -508,41 +550,22 @@ async fn run_subscription(
         let Some(generation) = lock(&tracker).begin(meta.partition, meta.offset) else {
             continue; // already read in this assignment (re-fetch after a pause)
         };
-        let decoded = decode(m.payload(), limits);
         let raw = m.payload().map(Bytes::copy_from_slice);
         drop(m);
         let view = shared.current();
-        let mut slot = 0;
-        let work = match decoded {
-            Ok(value) => match view.subscription().table.find(&value) {
-                Some(route) => {
-                    inc(&view.counters[route].consumed);
-                    if let Some(k) = &view.subscription().routes[route].order_key {
-                        slot = order_slot(k.resolve(&value, None, &meta), shared.settings.channels);
-                    }
-                    Work::Deliver { route, value }
-                }
+        let (work, slot) = if view.keyed {
+            // The lane depends on the message's ordering key: decode it here.
+            match shared.classify(&view, raw.as_deref(), &meta) {
+                Some(ws) => ws,
                 None => {
-                    inc(&shared.unmatched.consumed);
-                    inc(&shared.unmatched.skipped);
-                    tracing::trace!(%group, partition = meta.partition, offset = meta.offset, "no route claims the message; skipped");
                     shared.finish(&meta, generation);
                     continue;
                 }
-            },
-            Err(invalid) => {
-                inc(&shared.invalid.consumed);
-                let reason = invalid.to_string();
-                if invalid == Invalid::Tombstone || shared.dead_letters.is_none() {
-                    // A tombstone is a delete marker no route can take; without a
-                    // dead-letter topic an invalid message cannot be kept anywhere.
-                    inc(&shared.invalid.skipped);
-                    tracing::warn!(%group, topic = %meta.topic, partition = meta.partition, offset = meta.offset, %reason, "invalid message skipped");
-                    shared.finish(&meta, generation);
-                    continue;
-                }
-                Work::DeadLetter { class: ErrorClass::InvalidMessage, reason }
             }
+        } else {
+            // Partition order: the partition's lane decodes it, so the lanes
+            // parse in parallel while this task keeps reading.
+            (Work::Undecoded, 0)
         };
         if !lanes.push(Job { view, work, slot, meta, raw, generation, read_at: Instant::now() }).await {
             break;
@@ -563,16 +586,26 @@ async fn run_subscription(
     let g = group.clone();
     // The final commit and leaving the group block in librdkafka: keep them off the runtime.
     let closing = tokio::task::spawn_blocking(move || {
-        match c.commit_consumer_state(CommitMode::Sync) {
-            Ok(()) => tracing::info!(group = %g, "final offsets committed"),
-            Err(KafkaError::ConsumerCommit(rdkafka::types::RDKafkaErrorCode::NoOffset)) => {}
-            Err(e) => tracing::warn!(group = %g, error = %e, "final commit failed"),
+        // A coordinator that is moving or loading answers a transient error:
+        // ask again (briefly) rather than leave the last positions uncommitted.
+        for attempt in 1..=3 {
+            match c.commit_consumer_state(CommitMode::Sync) {
+                Ok(()) => tracing::info!(group = %g, "final offsets committed"),
+                Err(KafkaError::ConsumerCommit(rdkafka::types::RDKafkaErrorCode::NoOffset)) => {}
+                Err(e) if attempt < 3 => {
+                    tracing::debug!(group = %g, error = %e, attempt, "final commit failed; trying again");
+                    std::thread::sleep(Duration::from_millis(200));
+                    continue;
+                }
+                Err(e) => tracing::warn!(group = %g, error = %e, "final commit failed; the last messages will be redelivered"),
+            }
+            break;
         }
         c.unsubscribe();
         drop(c);
     });
-    if tokio::time::timeout(Duration::from_secs(2), closing).await.is_err() {
-        tracing::warn!(%group, "closing the consumer took longer than 2 s; leaving it behind");
+    if tokio::time::timeout(Duration::from_secs(3), closing).await.is_err() {
+        tracing::warn!(%group, "closing the consumer took longer than 3 s; leaving it behind");
     }
     drop(shared);
     Ok(())
