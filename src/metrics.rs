@@ -32,6 +32,8 @@ pub const BLOCKED_PARTITIONS: &str = "vedgate_blocked_partitions";
 pub const MIRROR_TOTAL: &str = "vedgate_mirror_total";
 /// Kafka client errors per group.
 pub const KAFKA_ERRORS_TOTAL: &str = "vedgate_kafka_errors_total";
+/// Partitions paused because their lane stayed full (backpressure).
+pub const PARTITION_PAUSES_TOTAL: &str = "vedgate_partition_pauses_total";
 
 /// Outcome labels of [`MESSAGES_TOTAL`].
 pub mod outcome {

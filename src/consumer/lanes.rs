@@ -74,7 +74,7 @@ impl Lanes {
         let shared = &self.shared;
         let tasks = &mut self.tasks;
         let lane = self.lanes.entry(id).or_insert_with(|| {
-            let (tx, rx) = mpsc::channel(shared.settings.queue_capacity.max(1));
+            let (tx, rx) = mpsc::channel(job.view.lane_capacity);
             tasks.push(tokio::spawn(lane_worker(shared.clone(), rx)));
             Lane { tx, parked: None }
         });
@@ -115,6 +115,7 @@ impl Lanes {
             tracing::warn!(%topic, partition = p, error = %e, "cannot pause partition");
         }
         tracing::debug!(%topic, partition = p, "lane full: partition paused");
+        crate::metrics::inc(&shared.metrics.counter(crate::metrics::PARTITION_PAUSES_TOTAL, &[("group", &shared.group)]));
         let q = Arc::new(Mutex::new(Parked { jobs: VecDeque::from([job]), closed: false }));
         lane.parked = Some((epoch, q.clone()));
         let tx = lane.tx.clone();

@@ -267,6 +267,8 @@ pub struct SubView {
     counters: Vec<RouteCounters>,
     /// Some route orders by key: the lane of a message depends on its content.
     keyed: bool,
+    /// Messages a lane holds: `queue_capacity`, or two of the largest batch.
+    pub(crate) lane_capacity: usize,
 }
 
 impl SubView {
@@ -274,7 +276,9 @@ impl SubView {
         let s = &config.subscriptions[sub];
         let counters = s.routes.iter().map(|r| RouteCounters::new(metrics, &s.group, &r.name)).collect();
         let keyed = s.routes.iter().any(|r| r.order_key.is_some());
-        SubView { config, sub, sinks, counters, keyed }
+        let largest_batch = s.routes.iter().filter_map(|r| config.sinks[r.sink].batching()).map(|b| b.max_rows).max().unwrap_or(1);
+        let lane_capacity = config.settings.queue_capacity.max(2 * largest_batch).max(1);
+        SubView { config, sub, sinks, counters, keyed, lane_capacity }
     }
 
     pub fn subscription(&self) -> &crate::config::Subscription {
