@@ -72,6 +72,9 @@ enum Command {
         /// configuration (still discarding): isolates librdkafka + tokio.
         #[arg(long)]
         stream: bool,
+        /// With --stream: also parse every message as the gateway does.
+        #[arg(long)]
+        parse: bool,
     },
     /// Time lines on stdin (e.g. kcat output): first line to the COUNT-th.
     CountLines {
@@ -174,8 +177,8 @@ fn main() -> anyhow::Result<()> {
 async fn run(cmd: Command) -> anyhow::Result<()> {
     match cmd {
         Command::Produce { brokers, topic, count, seed, kind, rate, duration_s, sent_out } => produce(brokers, topic, count, seed, kind, rate, duration_s, sent_out).await,
-        Command::RawConsume { brokers, topic, group, count, timeout_s, stream: true } => stream_consume(brokers, topic, group, count, timeout_s).await,
-        Command::RawConsume { brokers, topic, group, count, timeout_s, stream: false } => tokio::task::spawn_blocking(move || raw_consume(brokers, topic, group, count, timeout_s)).await?,
+        Command::RawConsume { brokers, topic, group, count, timeout_s, stream: true, parse } => stream_consume(brokers, topic, group, count, timeout_s, parse).await,
+        Command::RawConsume { brokers, topic, group, count, timeout_s, stream: false, .. } => tokio::task::spawn_blocking(move || raw_consume(brokers, topic, group, count, timeout_s)).await?,
         Command::CountLines { count } => tokio::task::spawn_blocking(move || count_lines(count)).await?,
         Command::Watch { metrics, target, max_s, warmup_s, count, pid, also } => watch(metrics, target, max_s, warmup_s, count, pid, also).await,
         Command::Latency { sent, receiver, skip_s } => latency(sent, receiver, skip_s).await,
@@ -430,7 +433,7 @@ fn raw_consume(brokers: String, topic: String, group: String, count: u64, timeou
     Ok(())
 }
 
-async fn stream_consume(brokers: String, topic: String, group: String, count: u64, timeout_s: u64) -> anyhow::Result<()> {
+async fn stream_consume(brokers: String, topic: String, group: String, count: u64, timeout_s: u64, parse: bool) -> anyhow::Result<()> {
     use futures::StreamExt;
     let kafka = vedgate::config::KafkaSettings { profile: "bench".into(), brokers: vec![brokers], properties: Default::default() };
     let settings = vedgate::config::Settings::default();
@@ -449,7 +452,7 @@ async fn stream_consume(brokers: String, topic: String, group: String, count: u6
             first = Some((Instant::now(), self_cpu_s()));
         }
         bytes += m.payload().map_or(0, |p| p.len() as u64);
-        if std::env::var_os("DECODE").is_some() {
+        if parse {
             let _ = std::hint::black_box(vedgate::message::decode(m.payload(), vedgate::message::Limits { max_bytes: 1 << 20, max_depth: 64 }));
         }
         n += 1;

@@ -82,9 +82,19 @@ impl SqlSink {
             PoolError::Backend(e) => classify(&e),
             other => DeliveryError::retryable(format!("database pool: {other}")),
         })?;
+        // A batch nearly always repeats one or two statements: look each up once.
+        let mut distinct: Vec<(&str, tokio_postgres::Statement)> = Vec::new();
         let mut prepared = Vec::with_capacity(reqs.len());
         for r in reqs {
-            prepared.push(client.prepare_cached(&r.statement).await.map_err(|e| classify(&e))?);
+            let st = match distinct.iter().find(|(text, _)| *text == &*r.statement) {
+                Some((_, st)) => st.clone(),
+                None => {
+                    let st = client.prepare_cached(&r.statement).await.map_err(|e| classify(&e))?;
+                    distinct.push((&*r.statement, st.clone()));
+                    st
+                }
+            };
+            prepared.push(st);
         }
         let mut rows: Vec<(usize, Vec<PgValue>)> = Vec::new();
         for (i, r) in reqs.iter().enumerate() {
