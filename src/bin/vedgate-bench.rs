@@ -394,8 +394,9 @@ fn raw_consume(brokers: String, topic: String, group: String, count: u64, timeou
         .set("group.id", &group)
         .set("enable.auto.commit", "false")
         .set("auto.offset.reset", "earliest")
-        .set("queued.max.messages.kbytes", "16384")
-        .set("fetch.wait.max.ms", "100")
+        .set("queued.max.messages.kbytes", "8192")
+        .set("fetch.queue.backoff.ms", "10")
+        .set("fetch.wait.max.ms", "10")
         .set("partition.assignment.strategy", "cooperative-sticky")
         .create()?;
     consumer.subscribe(&[&topic])?;

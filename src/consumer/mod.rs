@@ -78,12 +78,12 @@ pub fn consumer_config(kafka: &KafkaSettings, settings: &Settings, group: &str) 
         .set("heartbeat.interval.ms", (settings.session_timeout_ms / 4).max(500).to_string())
         .set("allow.auto.create.topics", "false")
         .set("topic.metadata.refresh.interval.ms", "10000")
-        // The prefetch buffer: up to 16 MiB in all. When it is full librdkafka
+        // The prefetch buffer: up to 8 MiB in all (bounds memory under overload). When it is full librdkafka
         // backs the partition's next fetch off by `fetch.queue.backoff.ms`,
         // 1 s by default: long enough for the gateway to empty the buffer and
         // then sit idle (measured: 85k msg/s instead of 300k+). 10 ms keeps
         // the buffer topped up without polling the broker in a loop.
-        .set("queued.max.messages.kbytes", "16384")
+        .set("queued.max.messages.kbytes", "8192")
         .set("fetch.queue.backoff.ms", "10")
         // How long the broker may hold a fetch when there is nothing new: the
         // floor of end-to-end latency once caught up (100 ms gave a 116 ms
