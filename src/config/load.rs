@@ -275,11 +275,22 @@ fn gateway_settings(src: &SourceFile, raw: &RawGateway, opts: &LoadOptions, diag
         Some(p) => {
             kafka.brokers = p.get_ref().brokers.iter().map(|b| b.trim().to_string()).collect();
             for (k, v) in &p.get_ref().kafka {
-                match env.expand(v.get_ref()) {
-                    Ok(x) => {
-                        kafka.properties.insert(k.clone(), x);
+                let mut flat = Vec::new();
+                flatten_kafka_prop(k.clone(), v, &mut flat);
+                for (name, value) in flat {
+                    let text = match value {
+                        Ok(text) => text,
+                        Err(kind) => {
+                            diags.push(src.error(span(p), format!("profile {profile:?}: librdkafka property {name:?}: a {kind} is not a property value; write a string, an integer or a boolean")));
+                            continue;
+                        }
+                    };
+                    match env.expand(&text) {
+                        Ok(x) => {
+                            kafka.properties.insert(name, x);
+                        }
+                        Err(e) => diags.push(src.error(span(p), format!("profile {profile:?}: librdkafka property {name:?}: {e}"))),
                     }
-                    Err(e) => diags.push(src.error(span(v), e.to_string())),
                 }
             }
         }
@@ -831,5 +842,60 @@ impl Compiler<'_> {
             }
             _ => Some(Shape::Discard),
         }
+    }
+}
+
+/// `[profile.X.kafka]` entries as `(dotted name, text)`; an unquoted dotted
+/// key arrives as nested tables and is joined back. `Err` names a value
+/// type librdkafka properties cannot take.
+fn flatten_kafka_prop(name: String, v: &super::raw::KafkaProp, out: &mut Vec<(String, Result<String, &'static str>)>) {
+    use super::raw::KafkaProp;
+    match v {
+        KafkaProp::Text(t) => out.push((name, Ok(t.clone()))),
+        KafkaProp::Integer(i) => out.push((name, Ok(i.to_string()))),
+        KafkaProp::Bool(b) => out.push((name, Ok(b.to_string()))),
+        KafkaProp::Nested(m) => {
+            for (k, inner) in m {
+                flatten_kafka_prop(format!("{name}.{k}"), inner, out);
+            }
+        }
+        KafkaProp::Other(other) => out.push((name, Err(other.type_str()))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load_with(gateway: &str) -> Result<(Config, Diagnostics), Diagnostics> {
+        let dir = std::env::temp_dir().join(format!("vedgate-load-{}-{}", std::process::id(), gateway.len()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("gateway.toml"), gateway).unwrap();
+        std::fs::write(
+            dir.join("r.toml"),
+            "[[subscription]]\nname = \"s\"\ntopic = \"t\"\ngroup = \"g\"\ndead_letter = false\n\n[sink.out]\ntype = \"blackhole\"\n\n[[route]]\nname = \"all\"\nsubscription = \"s\"\nwhen = [{ path = \"$.a\", exists = true }]\nsink = \"out\"\n",
+        )
+        .unwrap();
+        load(&LoadOptions { config_path: dir.join("gateway.toml"), routes_path: dir.join("r.toml"), profile: None, env: Env::from_pairs([("PASS", "secret")]) })
+    }
+
+    #[test]
+    fn librdkafka_properties_take_dotted_keys_numbers_and_booleans() {
+        let (cfg, _) = load_with(
+            "[profile.local]\nbrokers = [\"127.0.0.1:9092\"]\n[profile.local.kafka]\nfetch.wait.max.ms = 100\n\"socket.keepalive.enable\" = true\n\"sasl.password\" = \"${PASS}\"\n",
+        )
+        .unwrap();
+        let p = &cfg.kafka.properties;
+        assert_eq!(p.get("fetch.wait.max.ms").map(String::as_str), Some("100"), "{p:?}");
+        assert_eq!(p.get("socket.keepalive.enable").map(String::as_str), Some("true"));
+        assert_eq!(p.get("sasl.password").map(String::as_str), Some("secret"));
+    }
+
+    #[test]
+    fn a_librdkafka_property_of_another_type_is_an_error_with_its_position() {
+        let err = load_with("[profile.local]\nbrokers = [\"127.0.0.1:9092\"]\n[profile.local.kafka]\n\"fetch.wait.max.ms\" = [1, 2]\n").unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("gateway.toml:1:"), "{text}");
+        assert!(text.contains("librdkafka property \"fetch.wait.max.ms\": a array is not a property value"), "{text}");
     }
 }

@@ -62,9 +62,25 @@ pub struct RawProfile {
     pub brokers: Vec<String>,
     /// The cluster's load balancer address, for reference and tooling.
     pub load_balancer: Option<String>,
-    /// Extra librdkafka properties for every client of this profile.
+    /// Extra librdkafka properties for every client of this profile. Not
+    /// `Spanned` per value: toml cannot span a value written with a dotted
+    /// key, and those are exactly what librdkafka names look like.
     #[serde(default)]
-    pub kafka: BTreeMap<String, Spanned<String>>,
+    pub kafka: BTreeMap<String, KafkaProp>,
+}
+
+/// A librdkafka property value as written. An unquoted dotted key
+/// (`fetch.wait.max.ms = 10`) is a nested table in TOML: it is read back as
+/// the dotted name. Numbers and booleans are passed on as text.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum KafkaProp {
+    Text(String),
+    Integer(i64),
+    Bool(bool),
+    Nested(BTreeMap<String, KafkaProp>),
+    /// Anything else (array, float, date): refused with its position.
+    Other(toml::Value),
 }
 
 /// One route file.
