@@ -9,11 +9,11 @@ use clap::{Parser, Subcommand};
 use vedgate::config::{self, Env, LoadOptions};
 use vedgate::consumer::Shutdown;
 
-/// librdkafka's fetch thread allocates the messages the dispatcher frees:
-/// under glibc's malloc those cross-thread frees wait on the arena lock
-/// (measured: the dispatcher slept there half the time). mimalloc, also
-/// standing in for malloc/free (feature `override`, so librdkafka's own C
-/// allocations too), frees across threads without a lock.
+/// Jobs are allocated by the dispatcher and freed by lane tasks on the other
+/// core: glibc's malloc made those cross-thread frees wait on arena locks
+/// (measured in BENCHMARKS.md); mimalloc frees across threads without one.
+/// Rust allocations only (librdkafka keeps the system allocator), and without
+/// transparent huge pages (feature `no_thp`), which doubled idle RSS.
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
@@ -188,7 +188,14 @@ fn init_tracing(format: &str) {
 }
 
 fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime")
+    match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            // Threads or file descriptors exhausted: nothing can run; say so and exit.
+            eprintln!("vedgate: cannot start the async runtime: {e}");
+            std::process::exit(1);
+        }
+    }
 }
 
 fn load(args: &ConfigArgs) -> Result<(config::Config, config::Diagnostics), config::Diagnostics> {
@@ -394,8 +401,14 @@ fn run(args: &ConfigArgs) -> ExitCode {
 
 async fn wait_for_signal() {
     use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+    let (mut term, mut int) = match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+        (Ok(t), Ok(i)) => (t, i),
+        (Err(e), _) | (_, Err(e)) => {
+            // Without signal handlers the gateway could not stop gracefully: stop now instead.
+            tracing::error!(error = %e, "cannot install the SIGTERM/SIGINT handlers; stopping");
+            return;
+        }
+    };
     tokio::select! {
         _ = term.recv() => {},
         _ = int.recv() => {},

@@ -115,7 +115,7 @@ impl Lanes {
             tracing::warn!(%topic, partition = p, error = %e, "cannot pause partition");
         }
         tracing::debug!(%topic, partition = p, "lane full: partition paused");
-        crate::metrics::inc(&shared.metrics.counter(crate::metrics::PARTITION_PAUSES_TOTAL, &[("group", &shared.group)]));
+        inc(&shared.pauses);
         let q = Arc::new(Mutex::new(Parked { jobs: VecDeque::from([job]), closed: false }));
         lane.parked = Some((epoch, q.clone()));
         let tx = lane.tx.clone();
@@ -207,7 +207,7 @@ async fn lane_worker(shared: Arc<Shared>, mut rx: mpsc::Receiver<Job>) {
         if let Some(batching) = batching_of(&job) {
             let (batch, rest) = collect_batch(&shared, job, &mut rx, batching).await;
             next = rest;
-            deliver_batch(&shared, batch).await;
+            deliver_batch(&shared, batch, batching).await;
             continue;
         }
         let done = match &job.work {
@@ -215,7 +215,11 @@ async fn lane_worker(shared: Arc<Shared>, mut rx: mpsc::Receiver<Job>) {
             Work::DeadLetter { class, reason } => {
                 dead_letter(&shared, &job, crate::metrics::INVALID_ROUTE, *class, reason, 0).await == DeadLetterResult::Written
             }
-            Work::Undecoded => unreachable!("classified above"),
+            Work::Undecoded => {
+                // `classified` above replaced it; kept total so no input can panic a lane.
+                tracing::error!(group = %shared.group, partition = job.meta.partition, offset = job.meta.offset, "message reached delivery unparsed; left unfinished");
+                false
+            }
         };
         if done {
             shared.finish(&job.meta, job.generation);
@@ -289,8 +293,9 @@ async fn collect_batch(shared: &Shared, first: Job, rx: &mut mpsc::Receiver<Job>
 
 /// Writes a batch in one transaction; when that fails, delivers its messages
 /// one by one so only the bad one is retried or dead-lettered.
-async fn deliver_batch(shared: &Shared, batch: Vec<Job>) {
-    let mut requests = Vec::with_capacity(batch.len());
+async fn deliver_batch(shared: &Shared, batch: Vec<Job>, (sink_idx, batching): (usize, crate::config::Batching)) {
+    // One sink: its requests are all SQL or all HTTP.
+    let (mut sql, mut http) = (Vec::new(), Vec::new());
     for job in &batch {
         let Work::Deliver { route, value } = &job.work else { break };
         let r = &job.view.subscription().routes[*route];
@@ -298,31 +303,22 @@ async fn deliver_batch(shared: &Shared, batch: Vec<Job>) {
             break;
         }
         match r.shape(job.raw.as_deref().unwrap_or_default(), value, &job.meta) {
-            Ok(req @ (crate::shape::Request::Sql(_) | crate::shape::Request::Http(_))) => requests.push(req),
+            Ok(crate::shape::Request::Sql(q)) => sql.push(q),
+            Ok(crate::shape::Request::Http(h)) => http.push(h),
             _ => break,
         }
     }
-    if requests.len() == batch.len() && batch.len() > 1 {
+    if sql.len() + http.len() == batch.len() && batch.len() > 1 {
         let view = &batch[0].view;
-        let (sink_idx, batching) = batching_of(&batch[0]).unwrap_or((0, crate::config::Batching { max_rows: 1, linger: std::time::Duration::ZERO, format: None }));
         let sink = &view.sinks[sink_idx];
         let started = Instant::now();
         let result = {
             let _slot = shared.slots.acquire().await;
             let send = async {
                 match batching.format {
-                    None => {
-                        let refs: Vec<&crate::shape::SqlRequest> = requests.iter().filter_map(|r| match r {
-                            crate::shape::Request::Sql(q) => Some(q),
-                            _ => None,
-                        }).collect();
-                        sink.deliver_batch(&refs).await
-                    }
+                    None => sink.deliver_batch(&sql.iter().collect::<Vec<_>>()).await,
                     Some(format) => {
-                        let reqs: Vec<&crate::shape::HttpRequest> = requests.iter().filter_map(|r| match r {
-                            crate::shape::Request::Http(h) => Some(h),
-                            _ => None,
-                        }).collect();
+                        let reqs: Vec<&crate::shape::HttpRequest> = http.iter().collect();
                         let first = &batch[0].meta;
                         let last = &batch[batch.len() - 1].meta;
                         let combined = crate::shape::combine_http(&reqs, format, first, last.offset);

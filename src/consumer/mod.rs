@@ -201,12 +201,12 @@ impl ClientContext for QuietContext {
 }
 
 impl ConsumerContext for CoreContext {
-    fn pre_rebalance(&self, _c: &rdkafka::consumer::BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+    fn pre_rebalance(&self, consumer: &rdkafka::consumer::BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Revoke(tpl) = rebalance {
             // Tell librdkafka the final positions of what it is about to commit and give away.
             let revoked: Vec<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
             if let Some(e) = tpl.elements().first() {
-                store_positions(_c, e.topic(), &self.tracker, Some(&revoked));
+                store_positions(consumer, e.topic(), &self.tracker, Some(&revoked));
             }
             let mut t = lock(&self.tracker);
             for e in tpl.elements() {
@@ -268,7 +268,7 @@ pub struct SubView {
     /// Some route orders by key: the lane of a message depends on its content.
     keyed: bool,
     /// Messages a lane holds: `queue_capacity`, or two of the largest batch.
-    pub(crate) lane_capacity: usize,
+    lane_capacity: usize,
 }
 
 impl SubView {
@@ -333,6 +333,8 @@ struct Shared {
     dead_letters: Option<DeadLetterWriter>,
     metrics: Arc<Metrics>,
     limits: Limits,
+    /// `vedgate_partition_pauses_total` of this group.
+    pauses: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Shared {
@@ -482,6 +484,7 @@ async fn run_subscription(
         dead_letters,
         metrics: metrics.clone(),
         limits: Limits { max_bytes: config.settings.max_message_bytes, max_depth: config.settings.max_json_depth },
+        pauses: metrics.counter(crate::metrics::PARTITION_PAUSES_TOTAL, &[("group", &group)]),
     });
     let in_flight = metrics.gauge(crate::metrics::IN_FLIGHT, &[("group", &group)]);
     let kafka_errors = metrics.counter(crate::metrics::KAFKA_ERRORS_TOTAL, &[("group", &group)]);
@@ -510,7 +513,15 @@ async fn run_subscription(
                 in_flight.store(lock(&tracker).in_flight() as i64, std::sync::atomic::Ordering::Relaxed);
                 continue
             }
-            m = stream.next() => m.expect("Kafka message streams never end"),
+            m = stream.next() => match m {
+                Some(m) => m,
+                None => {
+                    // rdkafka's stream does not end while the consumer lives; if it ever
+                    // did, stop this subscription cleanly rather than spin or panic.
+                    tracing::error!(%topic, %group, "Kafka message stream ended; stopping the subscription");
+                    break;
+                }
+            },
         };
         let m = match msg {
             Ok(m) => m,
@@ -547,37 +558,37 @@ async fn run_subscription(
             }
         }
         for m in burst.drain(..) {
-        let meta = RecordMeta {
-            topic: topic_name.clone(),
-            partition: m.partition(),
-            offset: m.offset(),
-            key: m.key().map(<[u8]>::to_vec),
-            timestamp_ms: m.timestamp().to_millis(),
-            traceparent: traceparent(&m),
-        };
-        let Some(generation) = lock(&tracker).begin(meta.partition, meta.offset) else {
-            continue; // already read in this assignment (re-fetch after a pause)
-        };
-        let raw = m.payload().map(Bytes::copy_from_slice);
-        drop(m);
-        let view = shared.current();
-        let (work, slot) = if view.keyed {
-            // The lane depends on the message's ordering key: decode it here.
-            match shared.classify(&view, raw.as_deref(), &meta) {
-                Some(ws) => ws,
-                None => {
-                    shared.finish(&meta, generation);
-                    continue;
+            let meta = RecordMeta {
+                topic: topic_name.clone(),
+                partition: m.partition(),
+                offset: m.offset(),
+                key: m.key().map(<[u8]>::to_vec),
+                timestamp_ms: m.timestamp().to_millis(),
+                traceparent: traceparent(&m),
+            };
+            let Some(generation) = lock(&tracker).begin(meta.partition, meta.offset) else {
+                continue; // already read in this assignment (re-fetch after a pause)
+            };
+            let raw = m.payload().map(Bytes::copy_from_slice);
+            drop(m);
+            let view = shared.current();
+            let (work, slot) = if view.keyed {
+                // The lane depends on the message's ordering key: decode it here.
+                match shared.classify(&view, raw.as_deref(), &meta) {
+                    Some(ws) => ws,
+                    None => {
+                        shared.finish(&meta, generation);
+                        continue;
+                    }
                 }
+            } else {
+                // Partition order: the partition's lane decodes it, so the lanes
+                // parse in parallel while this task keeps reading.
+                (Work::Undecoded, 0)
+            };
+            if !lanes.push(Job { view, work, slot, meta, raw, generation, read_at: Instant::now() }).await {
+                break;
             }
-        } else {
-            // Partition order: the partition's lane decodes it, so the lanes
-            // parse in parallel while this task keeps reading.
-            (Work::Undecoded, 0)
-        };
-        if !lanes.push(Job { view, work, slot, meta, raw, generation, read_at: Instant::now() }).await {
-            break;
-        }
         }
     }
     drop(burst);

@@ -62,10 +62,11 @@ impl OffsetTracker {
     /// Returns `None` for an offset already read in this assignment (a
     /// re-fetch after pause/resume): it must not be delivered twice.
     pub fn begin(&mut self, partition: i32, offset: i64) -> Option<u64> {
-        if !self.partitions.contains_key(&partition) {
-            self.assign(partition);
-        }
-        let p = self.partitions.get_mut(&partition).expect("assigned above");
+        let generations = &mut self.generations;
+        let p = self.partitions.entry(partition).or_insert_with(|| {
+            *generations += 1;
+            PartitionState::new(*generations)
+        });
         if p.base.is_some() && offset < p.next {
             return None;
         }
